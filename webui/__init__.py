@@ -1,0 +1,1 @@
+"""The localhost web application: the only package that knows HTTP, HTML and JSON."""
