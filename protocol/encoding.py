@@ -173,6 +173,14 @@ class _Decoder:
         return byte
 
     def _varint(self) -> int:
+        # Fast path: most integers and lengths in an entry fit one byte (< 0x80), which is
+        # always minimal and in range; anything else takes the general loop below.
+        pos = self.pos
+        if pos < len(self.data):
+            first = self.data[pos]
+            if first < 0x80:
+                self.pos = pos + 1
+                return first
         result = 0
         for i in range(_MAX_VARINT_LEN):
             byte = self._byte()
