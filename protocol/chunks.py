@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from protocol.errors import LocalProtocolError, Reason, VerificationError
 
 CHUNK_SIZE = 256 * 1024  # plaintext bytes in every chunk but the last
-MAX_FILE_SIZE = 64 * 1024**3  # 64 GiB: long 8K videos fit; anything claiming more is refused
+# A file's whole chunk list travels in one manifest entry, and an entry must fit one wire frame
+# (protocol/messages.py MAX_WIRE_ENTRY): 4 GiB is 16,384 chunks, about 640 KB of chunk list.
+MAX_FILE_SIZE = 4 * 1024**3
 MAX_CHUNKS = MAX_FILE_SIZE // CHUNK_SIZE  # exact: MAX_FILE_SIZE is a multiple of CHUNK_SIZE
 TAG_SIZE = 16  # AES-GCM authentication tag
 MAX_CHUNK_CIPHERTEXT = CHUNK_SIZE + TAG_SIZE
@@ -144,7 +146,7 @@ def _check_file_size(size: int) -> None:
     if not 0 <= size <= MAX_FILE_SIZE:
         raise VerificationError(
             Reason.OUT_OF_BOUNDS,
-            f"a file of {size} bytes is outside the limit of 0..{MAX_FILE_SIZE} bytes (64 GiB)",
+            f"a file of {size} bytes is outside the limit of 0..{MAX_FILE_SIZE} bytes (4 GiB)",
         )
 
 

@@ -79,11 +79,11 @@ MESSAGE_TYPES = _table(
     _row(0x03, Ping),
     _row(0x04, Pong),
     _row(0x10, LogRequest),
-    _row(0x11, LogEntries, MAX_BATCH_PAYLOAD),
+    _row(0x11, LogEntries),  # one entry may fill a frame; senders batch the rest by size
     _row(0x12, Statements, MAX_BATCH_PAYLOAD),
     _row(0x20, ManifestHeads),
     _row(0x21, ManifestRequest),
-    _row(0x22, ManifestEntries, MAX_BATCH_PAYLOAD),
+    _row(0x22, ManifestEntries),
     _row(0x30, ChunkRequest),
     _row(0x31, ChunkData),
     _row(0x32, ChunkMissing),

@@ -113,8 +113,6 @@ def test_each_bound_is_the_largest_valid_payload(message: Message) -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda entries: LogEntries(album=ALBUM, entries=entries),
-        lambda entries: ManifestEntries(album=ALBUM, entries=entries),
         lambda entries: Statements(album=ALBUM, statements=entries),
     ],
 )
@@ -419,3 +417,23 @@ def _mutate(raw: bytes, mutations: list[Mutation]) -> bytes:
         elif kind == "cut":
             raw = raw[:at]
     return raw
+
+
+def test_entry_batches_may_fill_a_frame() -> None:
+    """One log or manifest entry may be as large as a frame allows; senders batch the rest by size."""
+    for cls in (LogEntries, ManifestEntries):
+        assert message_type(cls).max_payload == MAX_FRAME - HEADER_SIZE
+
+
+def test_the_largest_entries_travel_in_one_frame() -> None:
+    """A file's manifest entry and a membership invite must each fit one ManifestEntries/LogEntries."""
+    from protocol import manifest, membership_entries
+    from protocol.frames import decode_frame, encode_frame
+    from protocol.messages import LogEntries, ManifestEntries
+
+    assert manifest.MAX_ENVELOPE_BYTES <= MAX_WIRE_ENTRY
+    assert membership_entries.MAX_ENVELOPE_BYTES <= MAX_WIRE_ENTRY
+    big = ManifestEntries(album=ALBUM, entries=(b"m" * manifest.MAX_ENVELOPE_BYTES,))
+    assert decode_frame(encode_frame(big)) == big
+    log = LogEntries(album=ALBUM, entries=(b"l" * membership_entries.MAX_ENVELOPE_BYTES,))
+    assert decode_frame(encode_frame(log)) == log
