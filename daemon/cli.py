@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return asyncio.run(args.func(args))
+        return int(asyncio.run(args.func(args)))
     except DaemonError as exc:
         print(f"albumsync: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -6,17 +6,26 @@ owned by one TaskGroup, so a failing service stops the daemon instead of dying s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 from daemon.apikey import load_or_create_api_key
 from daemon.config import Config
+from daemon.discovery import Discovery
+from daemon.engine import Engine
+from daemon.errors import DaemonError
 from daemon.identity import Identity, load_identity
+from daemon.publisher import Publisher
 from daemon.store import Store
+from daemon.transfers import Transfers
+from protocol.ids import DeviceId
 
 VERSION = "0.1.0"
+log = logging.getLogger("albumsync")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,59 @@ class Core:
         self.identity = identity
         self.api_key = api_key
         self.started_at = time.time()
+        self.engine = Engine(config=config, store=store, identity=identity)
+        self.transfers = Transfers(self.engine)
+        self.publisher = Publisher(self.engine)
+        self.engine.transfers = self.transfers
+        self.engine.publisher = self.publisher
+        self.discovery: Discovery | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, tasks: asyncio.TaskGroup) -> None:
+        """Load albums, listen for peers, announce on the LAN, and start the background services."""
+        engine = self.engine
+        await engine.load()
+        await engine.refresh_open_invites()
+        await engine.peers.start()
+        if self.config.mdns:
+            self.discovery = Discovery(
+                str(self.identity.device_id), engine.peers.bound_port, self._seen_nearby
+            )
+            try:
+                await self.discovery.start()
+            except DaemonError as exc:
+                log.warning("LAN discovery is off: %s", exc.message)
+                self.discovery = None
+        self.tasks += [
+            tasks.create_task(self.publisher.run()),
+            tasks.create_task(self.publisher.watch_loop(self.config.watch_debounce_ms)),
+            tasks.create_task(self.publisher.periodic(self.config.rescan_interval)),
+        ]
+        for album in list(engine.albums.values()):
+            if album.state == "active":
+                await engine.refresh_album(album)
+                self.publisher.schedule(album)
+
+    async def stop(self) -> None:
+        """Stop the services this core started (the TaskGroup then finishes)."""
+        for task in self.tasks:
+            task.cancel()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        await self.engine.peers.stop()
+
+    def _seen_nearby(self, device_id: str, addresses: list[tuple[str, int]]) -> None:
+        """A LAN announcement: dial it if it shares an album with us (the handshake proves who it is)."""
+        device = DeviceId.parse(device_id)
+        wanted = device in self.engine.peers.wanted or any(
+            album.device_of(key) == device
+            for album in self.engine.albums.values()
+            for key in album.member_keys()
+        )
+        if wanted:
+            for host, port in addresses:
+                shown = f"[{host}]" if ":" in host else host
+                self.engine.peers.want(device, f"tcp://{shown}:{port}", "lan")
 
     @classmethod
     async def open(cls, config: Config) -> Core:
@@ -63,11 +125,11 @@ class Core:
             schema_version=await self.store.schema_version(),
         )
 
-    def write_runtime_file(self, ui_url: str) -> None:
+    def write_runtime_file(self, ui_url: str, peer_port: int) -> None:
         """Tell CLI commands where this daemon's API listens (the port may have been chosen by the OS)."""
         path = self.config.runtime_path
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"ui": ui_url, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"ui": ui_url, "pid": os.getpid(), "peer_port": peer_port}))
         os.replace(tmp, path)
 
     def remove_runtime_file(self) -> None:

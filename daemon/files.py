@@ -274,6 +274,28 @@ class AlbumFolder:
             self._prune_empty(dirs, rel)
         return item
 
+    def move(self, source: str, target: str) -> None:
+        """Rename a regular file within the album (conflict placement); never replaces anything."""
+        src_parts, dst_parts = _split(source), _split(target)
+        with (
+            self._io(f"move '{source}' to '{target}'"),
+            self._dirs(src_parts[:-1], create=False) as src,
+            self._dirs(dst_parts[:-1], create=True) as dst,
+        ):
+            try:
+                name, st = _with_alias(src.fd, src_parts[-1], lambda n: (n, _lstat_at(src.fd, n)))
+            except FileNotFoundError:
+                raise NotInFolderError(f"'{source}' does not exist in {self.root}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePathError(f"'{source}' is not a regular file")
+            try:
+                self._rename(src.fd, name, dst.fd, dst_parts[-1], log=(source, target))
+            except FileExistsError:
+                raise LocalChangeError(f"'{target}' already exists on this device") from None
+            self._fsync_dir(dst.fd, _parent(target))
+            self._fsync_dir(src.fd, _parent(source))
+            self._prune_empty(src, source)
+
     def list_trash(self) -> list[TrashItem]:
         """Every file in the trash, oldest batch first."""
         items: list[TrashItem] = []

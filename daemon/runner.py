@@ -40,22 +40,21 @@ async def run_daemon(config: Config, app_factory: AppFactory) -> int:
     await runner.setup()
     try:
         ui_url = await _start_ui(runner, config)
-        core.write_runtime_file(ui_url)
         log.info(
-            "device %s (%s) ready; web UI at %s",
-            core.identity.device_id,
-            core.identity.name,
-            ui_url,
+            "device %s (%s); web UI at %s", core.identity.device_id, core.identity.name, ui_url
         )
-        notify(f"READY=1\nSTATUS=serving the web UI at {ui_url}")
         async with asyncio.TaskGroup() as tasks:
+            await core.start(tasks)
+            log.info("listening for peers on port %d", core.engine.peers.bound_port)
+            core.write_runtime_file(ui_url, peer_port=core.engine.peers.bound_port)
+            notify(f"READY=1\nSTATUS=serving the web UI at {ui_url}")
             interval = watchdog_interval(fraction=config.watchdog_fraction)
-            watchdog = tasks.create_task(watchdog_loop(interval)) if interval else None
+            if interval:
+                core.tasks.append(tasks.create_task(watchdog_loop(interval)))
             await stop.wait()
             notify("STOPPING=1")
             log.info("stopping")
-            if watchdog is not None:
-                watchdog.cancel()
+            await core.stop()
     finally:
         core.remove_runtime_file()
         await runner.cleanup()
@@ -72,7 +71,8 @@ async def _start_ui(runner: web.AppRunner, config: Config) -> str:
             f"cannot listen for the web UI on {config.ui_host}:{config.ui_port} ({exc.strerror}); "
             "pick another with --ui 127.0.0.1:PORT"
         ) from None
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    server = site._server
+    sockets = list(getattr(server, "sockets", None) or [])
     host, port = sockets[0].getsockname()[:2] if sockets else (config.ui_host, config.ui_port)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"

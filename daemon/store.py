@@ -147,6 +147,215 @@ class Store:
     async def set_device_name(self, name: str) -> None:
         await self.execute("UPDATE identity SET name = ? WHERE id = 1", (name,))
 
+    # --- albums ----------------------------------------------------------------------------
+
+    async def albums(self) -> list[aiosqlite.Row]:
+        return await self.fetchall(
+            "SELECT album_id, path, state, joined_at FROM albums ORDER BY joined_at"
+        )
+
+    async def put_album(
+        self, album_id: bytes, path: str | None, state: str, joined_at: int
+    ) -> None:
+        await self.execute(
+            "INSERT INTO albums (album_id, path, state, joined_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (album_id) DO UPDATE SET path = excluded.path, state = excluded.state",
+            (album_id, path, state, joined_at),
+        )
+
+    async def set_album_state(self, album_id: bytes, state: str, path: str | None = None) -> None:
+        if path is None:
+            await self.execute("UPDATE albums SET state = ? WHERE album_id = ?", (state, album_id))
+        else:
+            await self.execute(
+                "UPDATE albums SET state = ?, path = ? WHERE album_id = ?", (state, path, album_id)
+            )
+
+    async def membership_envelopes(self, album_id: bytes) -> list[bytes]:
+        rows = await self.fetchall(
+            "SELECT envelope FROM membership_entries WHERE album_id = ? ORDER BY seq, hash",
+            (album_id,),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def add_membership_entry(
+        self, album_id: bytes, seq: int, entry_hash: bytes, envelope: bytes
+    ) -> None:
+        await self.execute(
+            "INSERT OR IGNORE INTO membership_entries (album_id, seq, hash, envelope) VALUES (?, ?, ?, ?)",
+            (album_id, seq, entry_hash, envelope),
+        )
+
+    async def statement_envelopes(self, album_id: bytes) -> list[bytes]:
+        rows = await self.fetchall(
+            "SELECT envelope FROM statements WHERE album_id = ?", (album_id,)
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def add_statement(self, album_id: bytes, statement_hash: bytes, envelope: bytes) -> None:
+        await self.execute(
+            "INSERT OR IGNORE INTO statements (album_id, hash, envelope) VALUES (?, ?, ?)",
+            (album_id, statement_hash, envelope),
+        )
+
+    async def manifest_envelopes(self, album_id: bytes) -> list[bytes]:
+        rows = await self.fetchall(
+            "SELECT envelope FROM manifest_entries WHERE album_id = ? ORDER BY author, seq",
+            (album_id,),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def add_manifest_entries(
+        self, album_id: bytes, entries: list[tuple[bytes, int, bytes, bytes]]
+    ) -> None:
+        """Insert (author, seq, hash, envelope) rows; duplicates are ignored."""
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO manifest_entries (album_id, author, seq, hash, envelope) VALUES (?, ?, ?, ?, ?)",
+            [(album_id, a, s, h, e) for a, s, h, e in entries],
+        )
+
+    async def epoch_keys(self, album_id: bytes) -> dict[int, bytes]:
+        rows = await self.fetchall(
+            "SELECT epoch, key FROM epoch_keys WHERE album_id = ?", (album_id,)
+        )
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    async def put_epoch_keys(self, album_id: bytes, keys: dict[int, bytes]) -> None:
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO epoch_keys (album_id, epoch, key) VALUES (?, ?, ?)",
+            [(album_id, e, k) for e, k in keys.items()],
+        )
+
+    # --- local files -------------------------------------------------------------------------
+
+    async def local_files(self, album_id: bytes) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM local_files WHERE album_id = ?", (album_id,))
+
+    async def put_local_file(self, album_id: bytes, row: dict[str, Any]) -> None:
+        columns = ["album_id", *row]
+        await self.execute(
+            f"INSERT OR REPLACE INTO local_files ({', '.join(columns)}) "  # noqa: S608 - fixed column names
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            (album_id, *row.values()),
+        )
+
+    async def delete_local_file(self, album_id: bytes, path: str) -> None:
+        await self.execute(
+            "DELETE FROM local_files WHERE album_id = ? AND path = ?", (album_id, path)
+        )
+        await self.execute(
+            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?", (album_id, path)
+        )
+
+    async def put_chunk_index(self, album_id: bytes, path: str, chunk_ids: list[bytes]) -> None:
+        await self.execute(
+            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?", (album_id, path)
+        )
+        await self.db.executemany(
+            "INSERT OR REPLACE INTO chunk_index (album_id, chunk_id, path, idx) VALUES (?, ?, ?, ?)",
+            [(album_id, cid, path, i) for i, cid in enumerate(chunk_ids)],
+        )
+
+    async def chunk_location(self, album_id: bytes, chunk_id: bytes) -> tuple[str, int] | None:
+        row = await self.fetchone(
+            "SELECT path, idx FROM chunk_index WHERE album_id = ? AND chunk_id = ?",
+            (album_id, chunk_id),
+        )
+        return (str(row[0]), int(row[1])) if row else None
+
+    async def partial_done(self, album_id: bytes, entry_hash: bytes) -> bytes | None:
+        row = await self.fetchone(
+            "SELECT done FROM partials WHERE album_id = ? AND entry_hash = ?",
+            (album_id, entry_hash),
+        )
+        return bytes(row[0]) if row else None
+
+    async def put_partial(self, album_id: bytes, entry_hash: bytes, done: bytes) -> None:
+        await self.execute(
+            "INSERT OR REPLACE INTO partials (album_id, entry_hash, done) VALUES (?, ?, ?)",
+            (album_id, entry_hash, done),
+        )
+
+    async def delete_partial(self, album_id: bytes, entry_hash: bytes) -> None:
+        await self.execute(
+            "DELETE FROM partials WHERE album_id = ? AND entry_hash = ?", (album_id, entry_hash)
+        )
+
+    # --- peers, invites, activity ---------------------------------------------------------------
+
+    async def put_peer(
+        self, device_id: str, public_key: bytes, certificate: bytes, name: str, seen: int
+    ) -> None:
+        await self.execute(
+            "INSERT INTO peers (device_id, public_key, certificate, name, last_seen) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, "
+            "certificate = excluded.certificate, name = excluded.name, last_seen = excluded.last_seen",
+            (device_id, public_key, certificate, name, seen),
+        )
+
+    async def peers(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM peers ORDER BY device_id")
+
+    async def put_address(self, device_id: str, address: str, source: str, now: int) -> None:
+        await self.execute(
+            "INSERT INTO addresses (device_id, address, source, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (device_id, address) DO UPDATE SET updated_at = excluded.updated_at",
+            (device_id, address, source, now),
+        )
+
+    async def addresses(self) -> list[aiosqlite.Row]:
+        return await self.fetchall(
+            "SELECT device_id, address, source FROM addresses ORDER BY device_id"
+        )
+
+    async def put_invite_out(self, row: dict[str, Any]) -> None:
+        columns = list(row)
+        await self.execute(
+            f"INSERT OR REPLACE INTO invites_out ({', '.join(columns)}) "  # noqa: S608 - fixed column names
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            tuple(row.values()),
+        )
+
+    async def invites_out(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM invites_out ORDER BY created_at")
+
+    async def set_invite_out_state(
+        self, invite_id: bytes, state: str, redeemed_by: str | None = None
+    ) -> None:
+        await self.execute(
+            "UPDATE invites_out SET state = ?, redeemed_by = COALESCE(?, redeemed_by) WHERE invite_id = ?",
+            (state, redeemed_by, invite_id),
+        )
+
+    async def put_invite_in(self, row: dict[str, Any]) -> None:
+        columns = list(row)
+        await self.execute(
+            f"INSERT OR REPLACE INTO invites_in ({', '.join(columns)}) "  # noqa: S608 - fixed column names
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            tuple(row.values()),
+        )
+
+    async def invites_in(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM invites_in ORDER BY received_at")
+
+    async def add_activity(
+        self,
+        *,
+        at: int,
+        album_id: bytes | None,
+        kind: str,
+        actor: str | None,
+        count: int,
+        text: str,
+    ) -> None:
+        await self.execute(
+            "INSERT INTO activity (at, album_id, kind, actor, count, text) VALUES (?, ?, ?, ?, ?, ?)",
+            (at, album_id, kind, actor, count, text),
+        )
+
+    async def activity(self, limit: int = 200) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM activity ORDER BY id DESC LIMIT ?", (limit,))
+
 
 def _damaged_message(path: Path, detail: object) -> str:
     return (

@@ -1,0 +1,154 @@
+"""One album in memory: its verified logs, the keys this device holds, its folder and local index.
+
+Everything here is derived from what the store holds (logs, keys, index); `Album.refresh` recomputes
+the view after any change. Deciding what to do about a change is `daemon/planner.py`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.files import AlbumFolder, FolderState
+from protocol.album_view import AlbumView, evaluate
+from protocol.errors import VerificationError
+from protocol.ids import AlbumId, DeviceId
+from protocol.keys import DeviceKey
+from protocol.manifest_builders import AuthorChain
+from protocol.manifest_state import ManifestState
+from protocol.membership import MembershipState, Status
+from protocol.membership_log import MembershipLog
+from protocol.rights import Role
+
+
+@dataclass
+class LocalFile:
+    """A row of the local index: what is on disk at `path`, and which manifest file it holds."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    content_hash: bytes | None = None
+    file_author: bytes | None = None
+    file_id: bytes | None = None
+    entry_hash: bytes | None = None
+    file_key: bytes | None = None
+    state: str = "synced"  # synced | local_only | unpublished
+
+    @property
+    def file(self) -> tuple[bytes, bytes] | None:
+        if self.file_author is None or self.file_id is None:
+            return None
+        return (self.file_author, self.file_id)
+
+    def row(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "inode": self.inode,
+            "content_hash": self.content_hash,
+            "file_author": self.file_author,
+            "file_id": self.file_id,
+            "entry_hash": self.entry_hash,
+            "file_key": self.file_key,
+            "chunks": None,
+            "state": self.state,
+        }
+
+
+@dataclass
+class Album:
+    album_id: bytes
+    state: str  # active | invited | left | removed | declined | deleted
+    log: MembershipLog
+    manifest: ManifestState
+    me: DeviceKey
+    path: Path | None = None
+    keys: dict[int, bytes] = field(default_factory=dict)
+    view: AlbumView | None = None
+    local: dict[str, LocalFile] = field(default_factory=dict)
+    chain: AuthorChain | None = None
+    problems: list[str] = field(default_factory=list)
+    rejected_count: int = 0
+
+    @property
+    def membership(self) -> MembershipState:
+        return self.log.state
+
+    @property
+    def printable_id(self) -> str:
+        return str(AlbumId(self.album_id))
+
+    @property
+    def folder(self) -> AlbumFolder | None:
+        return AlbumFolder(self.path, self.album_id) if self.path is not None else None
+
+    def folder_state(self) -> FolderState | None:
+        folder = self.folder
+        return folder.check() if folder is not None else None
+
+    def role_of(self, key: bytes) -> Role | None:
+        state = self.membership
+        if key == state.owner:
+            return Role.OWNER
+        status = state.status(key)
+        if status not in (Status.ACTIVE, Status.INVITED):
+            return None
+        return state.members[key].role
+
+    @property
+    def my_role(self) -> Role | None:
+        return self.role_of(self.me.public)
+
+    def is_reader(self, key: bytes) -> bool:
+        """May `key` receive this album's entries and chunks (owner, invited or active member)?"""
+        return key in self.membership.readers() and not self._has_left(key)
+
+    def _has_left(self, key: bytes) -> bool:
+        return self.membership.status(key) in (Status.LEFT, Status.DECLINED, Status.REMOVED)
+
+    def member_keys(self) -> set[bytes]:
+        """Every device this album involves that is still a reader, besides this one."""
+        return {k for k in self.membership.readers() if k != self.me.public and self.is_reader(k)}
+
+    def device_of(self, key: bytes) -> DeviceId | None:
+        state = self.membership
+        if key == state.owner:
+            return DeviceId.from_certificate(state.owner_cert)
+        member = state.log_members.get(key)
+        return DeviceId.from_certificate(member.cert) if member is not None else None
+
+    def name(self) -> str:
+        try:
+            return self.membership.album_name(self.keys) or "(name unreadable)"
+        except VerificationError:
+            return "(name unreadable)"
+
+    def refresh_keys(self) -> dict[int, bytes]:
+        """Open every epoch key sealed to this device; returns the ones that are new."""
+        try:
+            keys = self.membership.epoch_keys(self.me)
+        except VerificationError:
+            keys = {}
+        new = {e: k for e, k in keys.items() if e not in self.keys}
+        self.keys.update(keys)
+        return new
+
+    def refresh(self) -> AlbumView:
+        """Recompute the view from the stored entries, the rights and the keys."""
+        self.view = evaluate(self.manifest, self.membership.rights(), self.keys)
+        return self.view
+
+    def ensure_chain(self) -> AuthorChain:
+        """This device's own manifest chain, resumed from what the manifest already holds."""
+        if self.chain is None:
+            seq, head = self.manifest.head(self.me.public)
+            self.chain = AuthorChain(self.me, self.album_id, seq=seq, head=head)
+        return self.chain
+
+    def current_epoch_key(self) -> tuple[int, bytes] | None:
+        epoch = self.membership.epoch
+        key = self.keys.get(epoch)
+        return (epoch, key) if key is not None else None

@@ -1,0 +1,256 @@
+"""Local changes -> signed manifest entries: scan album folders, hash off the loop, publish.
+
+A viewer's (or a removed member's) local files are indexed as `local_only` and never published.
+A local deletion publishes a remove only for files this device may remove (its own, or any as
+owner); other members' files that vanish locally are fetched again, since they are still in the
+album. A scan of a folder whose marker is missing or wrong publishes nothing (TESTPLAN D1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from daemon.album import Album, LocalFile
+from daemon.files import FolderError, FolderState
+from daemon.scanner import HashedFile, KnownFile, ScannedFile, hash_file_blocking, scan_blocking
+from daemon.watcher import watch
+from protocol.chunks import new_file_key
+from protocol.errors import ProtocolError
+from protocol.manifest import Payload
+from protocol.rights import Role
+
+if TYPE_CHECKING:
+    from daemon.engine import Engine
+
+log = logging.getLogger("albumsync.publisher")
+HASH_WORKERS = 2  # hashing and AES-GCM release the GIL: one per core
+
+
+@dataclass
+class Publisher:
+    engine: Engine
+    _scheduled: dict[bytes, set[str] | None] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def schedule(self, album: Album, paths: Collection[str] | None = None) -> None:
+        """Ask for a scan of the album (of `paths` only, or all of it when None)."""
+        current = self._scheduled.get(album.album_id, set())
+        if paths is None or current is None:
+            self._scheduled[album.album_id] = None
+        else:
+            self._scheduled[album.album_id] = current | set(paths)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Scan whatever was scheduled, one album at a time, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._scheduled:
+                album_id, paths = self._scheduled.popitem()
+                album = self.engine.albums.get(album_id)
+                if album is not None and album.state == "active":
+                    try:
+                        await self.scan(album, paths)
+                    except Exception:
+                        log.exception("album %s: scan failed", album.printable_id)
+
+    async def watch_loop(self, debounce_ms: int) -> None:
+        """Feed the watcher's change batches into scans; restart when the set of albums changes."""
+        while True:
+            roots = {
+                a.path: a for a in self.engine.albums.values() if a.state == "active" and a.path
+            }
+            if not roots:
+                await asyncio.sleep(1.0)
+                continue
+            stop = asyncio.Event()
+            watcher = watch(list(roots), debounce_ms, stop_event=stop)
+            try:
+                async for batch in watcher:
+                    for root, paths in batch.items():
+                        album = roots.get(root)
+                        if album is not None:
+                            self.schedule(album, paths or None)
+                    if self._albums_changed(roots):
+                        break
+            finally:
+                stop.set()
+                await watcher.aclose()
+
+    def _albums_changed(self, roots: dict[Path, Album]) -> bool:
+        current = {a.path for a in self.engine.albums.values() if a.state == "active" and a.path}
+        return current != set(roots)
+
+    async def periodic(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for album in list(self.engine.albums.values()):
+                if album.state == "active":
+                    self.schedule(album)
+
+    async def scan(self, album: Album, paths: set[str] | None) -> None:
+        folder = album.folder
+        if folder is None:
+            return
+        state = await asyncio.to_thread(folder.check)
+        if state is not FolderState.OK:
+            message = (
+                f"folder {album.path} is {state.value.replace('_', ' ')}: nothing is synced from it"
+            )
+            if message not in album.problems:
+                album.problems.append(message)
+                await self.engine.activity(album, "error", message)
+            return
+        album.problems = [p for p in album.problems if not p.startswith("folder ")]
+        async with self._lock:
+            known = {p: KnownFile(r.size, r.mtime_ns, r.inode) for p, r in album.local.items()}
+            try:
+                result = await asyncio.to_thread(scan_blocking, folder, known, paths)
+            except FolderError as exc:
+                log.warning("album %s: scan refused: %s", album.printable_id, exc)
+                return
+            published = await self._publish_changed(album, result.changed)
+            published += await self._publish_vanished(album, result.vanished)
+        if published:
+            await self.engine.broadcast_manifest(album, published)
+        await self.engine.refresh_album(album)
+
+    async def _publish_changed(self, album: Album, changed: list[ScannedFile]) -> list[bytes]:
+        role = album.my_role
+        may_add = role is not None and role >= Role.EDITOR
+        envelopes: list[bytes] = []
+        semaphore = asyncio.Semaphore(HASH_WORKERS)
+
+        async def one(scanned: ScannedFile) -> None:
+            row = album.local.get(scanned.path)
+            if row is not None and row.file is not None and row.file_author != album.me.public:
+                await self._set_aside_edit(album, scanned)
+                return
+            if not may_add:
+                await self._record_local_only(album, scanned)
+                return
+            folder = album.folder
+            assert folder is not None  # scan() checked it
+            async with semaphore:
+                file_key = new_file_key(os.urandom)
+                try:
+                    hashed = await asyncio.to_thread(
+                        hash_file_blocking, folder, scanned.path, file_key
+                    )
+                except FolderError as exc:
+                    log.info(
+                        "album %s: %s not published yet: %s", album.printable_id, scanned.path, exc
+                    )
+                    return
+            envelope = await self._publish_file(album, scanned.path, hashed, file_key, row)
+            if envelope is not None:
+                envelopes.append(envelope)
+
+        await asyncio.gather(*(one(s) for s in changed))
+        return envelopes
+
+    async def _publish_file(
+        self, album: Album, path: str, hashed: HashedFile, file_key: bytes, row: LocalFile | None
+    ) -> bytes | None:
+        current = album.current_epoch_key()
+        if current is None:
+            return None
+        epoch, epoch_key = current
+        payload = Payload(
+            name=path,
+            size=hashed.size,
+            mtime_ns=hashed.mtime_ns,
+            content_hash=hashed.content_hash,
+            file_key=file_key,
+            chunks=tuple(hashed.chunks),
+        )
+        chain = album.ensure_chain()
+        try:
+            if row is not None and row.file is not None:
+                signed = chain.update(epoch, epoch_key, row.file_id or b"", payload, os.urandom)
+            else:
+                signed = chain.add(epoch, epoch_key, payload, os.urandom)
+        except ProtocolError as exc:
+            log.warning("album %s: cannot publish %s: %s", album.printable_id, path, exc)
+            album.chain = None
+            return None
+        await self.engine.add_manifest_entries(album, [signed.envelope])
+        new_row = LocalFile(
+            path=path,
+            size=hashed.size,
+            mtime_ns=hashed.mtime_ns,
+            inode=hashed.inode,
+            content_hash=hashed.content_hash,
+            file_author=album.me.public,
+            file_id=signed.entry.file_id,
+            entry_hash=signed.hash,
+            file_key=file_key,
+            state="synced",
+        )
+        album.local[path] = new_row
+        await self.engine.store.put_local_file(album.album_id, new_row.row())
+        await self.engine.store.put_chunk_index(
+            album.album_id, path, [c.chunk_id for c in hashed.chunks]
+        )
+        return signed.envelope
+
+    async def _record_local_only(self, album: Album, scanned: ScannedFile) -> None:
+        row = LocalFile(
+            path=scanned.path,
+            size=scanned.size,
+            mtime_ns=scanned.mtime_ns,
+            inode=scanned.inode,
+            state="local_only",
+        )
+        album.local[scanned.path] = row
+        await self.engine.store.put_local_file(album.album_id, row.row())
+
+    async def _set_aside_edit(self, album: Album, scanned: ScannedFile) -> None:
+        """Another member's photo was edited here: keep the edit as our own file, restore theirs."""
+        from protocol.names import conflict_name  # noqa: PLC0415
+
+        folder = album.folder
+        assert folder is not None
+        target = conflict_name(scanned.path, "edited")
+        try:
+            await asyncio.to_thread(folder.move, scanned.path, target)
+        except FolderError as exc:
+            log.info("album %s: cannot set aside %s: %s", album.printable_id, scanned.path, exc)
+            return
+        album.local.pop(scanned.path, None)
+        await self.engine.store.delete_local_file(album.album_id, scanned.path)
+        self.schedule(album, [target])
+
+    async def _publish_vanished(self, album: Album, vanished: list[str]) -> list[bytes]:
+        envelopes: list[bytes] = []
+        role = album.my_role
+        current = album.current_epoch_key()
+        for path in vanished:
+            row = album.local.pop(path, None)
+            await self.engine.store.delete_local_file(album.album_id, path)
+            if row is None or row.file is None or role is None or current is None:
+                continue
+            mine = row.file_author == album.me.public and role >= Role.EDITOR
+            if not (mine or role is Role.OWNER):
+                continue  # not ours to remove: reconcile fetches it again
+            try:
+                signed = album.ensure_chain().remove(
+                    current[0], row.file_author or b"", row.file_id or b""
+                )
+            except ProtocolError as exc:
+                log.warning(
+                    "album %s: cannot publish the removal of %s: %s", album.printable_id, path, exc
+                )
+                album.chain = None
+                continue
+            await self.engine.add_manifest_entries(album, [signed.envelope])
+            envelopes.append(signed.envelope)
+        return envelopes

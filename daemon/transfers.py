@@ -1,0 +1,398 @@
+"""Moving file content: bringing folders in line with album views, pulling and serving chunks.
+
+Downloads pull chunks from every connected member at once (a window per peer), verify each
+chunk's ID and AES-GCM tag before it touches the disk, write into a resumable partial file, and
+finish with files.PartialFile.finish (fsync, rename, fsync dir). Which chunks of a partial are
+verified is kept in the store, so a restart re-downloads only the chunks in flight (TESTPLAN E1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from daemon.album import Album, LocalFile
+from daemon.connection import Connection, ConnectionClosedError
+from daemon.files import AlbumFolder, FolderError, LocalChangeError, PartialFile
+from daemon.planner import Download, plan
+from daemon.scanner import read_chunk_blocking
+from protocol.album_view import LiveFile
+from protocol.chunks import TAG_SIZE, chunk_bounds, decrypt_chunk
+from protocol.errors import VerificationError
+from protocol.messages import ChunkData, ChunkMissing, ChunkRequest, ErrorCode
+from protocol.names import conflict_name
+
+if TYPE_CHECKING:
+    from daemon.engine import Engine
+
+log = logging.getLogger("albumsync.transfers")
+
+WINDOW_PER_PEER = 16  # chunk requests in flight per peer: 4 MiB at 256 KiB chunks
+REQUEST_TIMEOUT = 30.0
+MAX_FILES_AT_ONCE = 4
+RATE_WINDOW = 5.0
+BAD_CHUNK_PENALTY = 5  # a peer that served a bad chunk is asked last for this many requests
+
+
+@dataclass
+class PeerSlot:
+    conn: Connection
+    in_flight: int = 0
+    penalty: int = 0
+    bad_chunks: int = 0
+
+
+@dataclass
+class Pending:
+    """A download this device still needs; `done` counts verified chunks."""
+
+    album: Album
+    download: Download
+    done: int = 0
+    active: bool = False
+
+
+@dataclass
+class Transfers:
+    engine: Engine
+    queue: dict[bytes, Pending] = field(default_factory=dict)  # entry hash ->
+    slots: dict[object, PeerSlot] = field(default_factory=dict)
+    waiters: dict[int, asyncio.Future[ChunkData | ChunkMissing]] = field(default_factory=dict)
+    received: deque[tuple[float, int]] = field(default_factory=deque)
+    bad_chunks: int = 0
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _workers: set[asyncio.Task[None]] = field(default_factory=set)
+    _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    # --- bringing a folder in line --------------------------------------------------------------
+
+    async def reconcile(self, album: Album) -> None:
+        """Recompute the album's view and act on it: trash, moves, adoptions, queued downloads."""
+        view = album.refresh()
+        if album.state != "active" or not self.engine.folder_ok(album):
+            return
+        folder = album.folder
+        assert folder is not None
+        steps = plan(view, album.local)
+        for row in steps.trash:
+            await self._trash(album, folder, row)
+        for move in steps.moves:
+            await self._move(album, folder, move.source, move.target)
+        for adopt in steps.adopt:
+            row = adopt.local
+            await self._record(
+                album, _row_for(adopt.file, row.path, row.size, row.mtime_ns, row.inode)
+            )
+        wanted = {d.file.entry_hash for d in steps.downloads}
+        for key in [
+            k
+            for k, p in self.queue.items()
+            if p.album is album and k not in wanted and not p.active
+        ]:
+            del self.queue[key]
+        for download in steps.downloads:
+            self.queue.setdefault(download.file.entry_hash, Pending(album=album, download=download))
+        if steps.downloads:
+            self._kick()
+
+    async def _trash(self, album: Album, folder: AlbumFolder, row: LocalFile) -> None:
+        try:
+            await asyncio.to_thread(
+                folder.move_to_trash, row.path, time.time(), expected=(row.size, row.mtime_ns)
+            )
+        except FileNotFoundError:
+            pass
+        except FolderError as exc:
+            log.warning(
+                "album %s: cannot move %s to the trash: %s", album.printable_id, row.path, exc
+            )
+            return
+        album.local.pop(row.path, None)
+        await self.engine.store.delete_local_file(album.album_id, row.path)
+        await self.engine.activity(
+            album, "trash", f"{row.path} moved to the trash of {album.name()}"
+        )
+
+    async def _move(self, album: Album, folder: AlbumFolder, source: str, target: str) -> None:
+        try:
+            await asyncio.to_thread(folder.move, source, target)
+        except FolderError as exc:
+            log.warning(
+                "album %s: cannot move %s to %s: %s", album.printable_id, source, target, exc
+            )
+            return
+        row = album.local.pop(source)
+        await self.engine.store.delete_local_file(album.album_id, source)
+        row.path = target
+        await self._record(album, row)
+
+    async def _record(
+        self, album: Album, row: LocalFile, chunk_ids: list[bytes] | None = None
+    ) -> None:
+        album.local[row.path] = row
+        await self.engine.store.put_local_file(album.album_id, row.row())
+        if chunk_ids is None and album.view is not None and row.file is not None:
+            live = album.view.file(row.file)
+            chunk_ids = [c.chunk_id for c in live.chunks] if live is not None else None
+        if chunk_ids is not None:
+            await self.engine.store.put_chunk_index(album.album_id, row.path, chunk_ids)
+
+    # --- downloading ----------------------------------------------------------------------------
+
+    def peer_connected(self) -> None:
+        self._kick()
+
+    def peer_gone(self, conn: Connection) -> None:
+        self.slots.pop(conn, None)
+
+    def _kick(self) -> None:
+        self._workers = {t for t in self._workers if not t.done()}
+        idle = [p for p in self.queue.values() if not p.active]
+        while idle and len(self._workers) < MAX_FILES_AT_ONCE:
+            pending = idle.pop(0)
+            pending.active = True
+            self._workers.add(asyncio.ensure_future(self._download(pending)))
+
+    async def _download(self, pending: Pending) -> None:
+        album, file = pending.album, pending.download.file
+        try:
+            if await self._fetch_file(pending):
+                await self._finish(pending)
+                self.queue.pop(file.entry_hash, None)
+        except (FolderError, OSError) as exc:
+            log.warning("album %s: download of %s failed: %s", album.printable_id, file.path, exc)
+            album.problems.append(f"{file.path}: {exc}")
+        except Exception:
+            log.exception("album %s: download of %s failed", album.printable_id, file.path)
+        finally:
+            pending.active = False
+            self._kick_later()
+
+    def _kick_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.0, self._kick)
+
+    async def _fetch_file(self, pending: Pending) -> bool:
+        """Fetch every missing chunk into the partial file; False if some chunk has no source now."""
+        album, file = pending.album, pending.download.file
+        folder = album.folder
+        if folder is None:
+            return False
+        store = self.engine.store
+        key = file.entry_hash.hex()
+        done_bits = bytearray(await store.partial_done(album.album_id, file.entry_hash) or b"")
+        done_bits.extend(b"\0" * (-(-len(file.chunks) // 8) - len(done_bits)))
+        partial = await asyncio.to_thread(folder.open_partial, key)
+        try:
+            missing = [i for i in range(len(file.chunks)) if not done_bits[i // 8] >> (i % 8) & 1]
+            pending.done = len(file.chunks) - len(missing)
+            results = await asyncio.gather(
+                *(self._fetch_chunk(album, file, i, partial) for i in missing)
+            )
+            for index, ok in zip(missing, results, strict=True):
+                if ok:
+                    done_bits[index // 8] |= 1 << (index % 8)
+            pending.done = sum(bin(b).count("1") for b in done_bits)
+            await store.put_partial(album.album_id, file.entry_hash, bytes(done_bits))
+            return all(results)
+        finally:
+            partial.close()
+
+    async def _fetch_chunk(self, album: Album, file: LiveFile, index: int, partial: PartialFile) -> bool:
+        chunk = file.chunks[index]
+        tried: set[object] = set()
+        while True:
+            slot = await self._pick_slot(album, tried)
+            if slot is None:
+                return False
+            tried.add(slot.conn)
+            reply = await self._request(slot, album, chunk.chunk_id, chunk.size + TAG_SIZE)
+            if isinstance(reply, ChunkData):
+                offset, _ = chunk_bounds(file.size, index)
+                try:
+                    await asyncio.to_thread(
+                        _verify_and_write,
+                        file_key=file.file_key,
+                        index=index,
+                        data=reply.data,
+                        chunk_id=chunk.chunk_id,
+                        partial=partial,
+                        offset=offset,
+                    )
+                except VerificationError as exc:
+                    # TESTPLAN B3: refused before any write; the peer is asked last from now on.
+                    slot.bad_chunks += 1
+                    slot.penalty = BAD_CHUNK_PENALTY
+                    self.bad_chunks += 1
+                    log.warning("bad chunk from %s: %s", slot.conn.peer.device_id.short, exc)
+                    continue
+                self._account(len(reply.data))
+                return True
+
+    async def _pick_slot(self, album: Album, tried: set[object]) -> PeerSlot | None:
+        async with self._slots_free:
+            while True:
+                candidates = [
+                    self.slots.setdefault(conn, PeerSlot(conn))
+                    for conn in self.engine.peers.connections.values()
+                    if conn not in tried
+                    and album.is_reader(conn.peer.public_key)
+                    and not conn.closed
+                ]
+                if not candidates:
+                    return None
+                free = [s for s in candidates if s.in_flight < WINDOW_PER_PEER]
+                if free:
+                    slot = min(free, key=lambda s: (s.penalty > 0, s.in_flight))
+                    slot.in_flight += 1
+                    slot.penalty = max(0, slot.penalty - 1)
+                    return slot
+                await self._slots_free.wait()
+
+    async def _request(
+        self, slot: PeerSlot, album: Album, chunk_id: bytes, size: int
+    ) -> ChunkData | ChunkMissing | None:
+        request_id = next(self._ids) % (2**32 - 1) or 1
+        future: asyncio.Future[ChunkData | ChunkMissing] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.waiters[request_id] = future
+        try:
+            await slot.conn.send(
+                ChunkRequest(
+                    request_id=request_id, album=album.album_id, chunk_id=chunk_id, size=size
+                )
+            )
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except (ConnectionClosedError, TimeoutError):
+            return None
+        finally:
+            self.waiters.pop(request_id, None)
+            slot.in_flight -= 1
+            async with self._slots_free:
+                self._slots_free.notify_all()
+
+    def reply(self, conn: Connection, message: ChunkData | ChunkMissing) -> None:
+        future = self.waiters.get(message.request_id)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def _finish(self, pending: Pending) -> None:
+        album, download = pending.album, pending.download
+        file, folder = download.file, album.folder
+        assert folder is not None
+        replaces = download.replaces
+        expected = (replaces.size, replaces.mtime_ns) if replaces is not None else None
+        partial = await asyncio.to_thread(folder.open_partial, file.entry_hash.hex())
+        try:
+            finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, expected)
+        except LocalChangeError:
+            # Something local sits at the path: keep it under a conflict name, then retry once.
+            await self._set_aside(album, folder, file.path)
+            finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
+        finally:
+            partial.close()
+        for stale in [
+            r for r in album.local.values() if r.file == file.key and r.path != file.path
+        ]:
+            await self._trash(album, folder, stale)
+        row = _row_for(file, file.path, finished.size, finished.mtime_ns, finished.inode)
+        await self._record(album, row, [c.chunk_id for c in file.chunks])
+        await self.engine.store.delete_partial(album.album_id, file.entry_hash)
+        await self.engine.note_received(album, file)
+
+    async def _set_aside(self, album: Album, folder: AlbumFolder, path: str) -> None:
+        target = conflict_name(path, "local")
+        await asyncio.to_thread(folder.move, path, target)
+        row = album.local.pop(path, None)
+        await self.engine.store.delete_local_file(album.album_id, path)
+        if row is not None:
+            row.path = target
+            await self._record(album, row)
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def serve(self, conn: Connection, message: ChunkRequest) -> None:
+        """Answer a chunk request from a member with the chunk re-encrypted from our own copy."""
+        album = self.engine.albums.get(message.album)
+        if (
+            album is None
+            or not album.is_reader(conn.peer.public_key)
+            or not self.engine.folder_ok(album)
+        ):
+            await _send(
+                conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_ALLOWED)
+            )
+            return
+        location = await self.engine.store.chunk_location(album.album_id, message.chunk_id)
+        row = album.local.get(location[0]) if location else None
+        if location is None or row is None or row.file_key is None:
+            await _send(conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_FOUND))
+            return
+        folder = album.folder
+        assert folder is not None
+        try:
+            data = await asyncio.to_thread(
+                read_chunk_blocking,
+                folder,
+                location[0],
+                location[1],
+                row.file_key,
+                message.chunk_id,
+            )
+        except (FolderError, OSError, VerificationError):
+            await _send(conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_FOUND))
+            return
+        await _send(conn, ChunkData(request_id=message.request_id, data=data))
+
+    # --- progress -------------------------------------------------------------------------------
+
+    def _account(self, size: int) -> None:
+        now = time.monotonic()
+        self.received.append((now, size))
+        while self.received and self.received[0][0] < now - RATE_WINDOW:
+            self.received.popleft()
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        recent = sum(size for at, size in self.received if at >= now - RATE_WINDOW)
+        return recent / RATE_WINDOW
+
+    def to_go(self, album: Album) -> tuple[int, int]:
+        files = [p for p in self.queue.values() if p.album is album]
+        left = sum(max(0, p.download.file.size - p.done * 256 * 1024) for p in files)
+        return len(files), left
+
+
+def _verify_and_write(
+    *, file_key: bytes, index: int, data: bytes, chunk_id: bytes, partial: PartialFile, offset: int
+) -> None:
+    plaintext = decrypt_chunk(file_key, index, data, chunk_id)
+    partial.write_at(offset, plaintext)
+
+
+def _row_for(file: LiveFile, path: str, size: int, mtime_ns: int, inode: int) -> LocalFile:
+    return LocalFile(
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        inode=inode,
+        content_hash=file.content_hash,
+        file_author=file.author,
+        file_id=file.file_id,
+        entry_hash=file.entry_hash,
+        file_key=file.file_key,
+        state="synced",
+    )
+
+
+async def _send(conn: Connection, message: ChunkData | ChunkMissing) -> None:
+    with contextlib.suppress(ConnectionClosedError):
+        await conn.send(message)
