@@ -91,6 +91,7 @@ class Core:
     def _seen_nearby(self, device_id: str, addresses: list[tuple[str, int]]) -> None:
         """A LAN announcement: dial it if it shares an album with us (the handshake proves who it is)."""
         device = DeviceId.parse(device_id)
+        self.engine.nearby.add(device)
         wanted = device in self.engine.peers.wanted or any(
             album.device_of(key) == device
             for album in self.engine.albums.values()

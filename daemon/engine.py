@@ -9,6 +9,7 @@ only (via `daemon/transfers.py` and `daemon/publisher.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -78,6 +79,7 @@ from protocol.rights import Role
 log = logging.getLogger("albumsync.engine")
 
 INVITE_LIFETIME = 7 * 24 * 3600
+UNRELATED_GRACE = 10.0  # seconds a known but unrelated device may stay connected
 MAX_ALBUMS = 1000
 
 
@@ -111,6 +113,8 @@ class Engine:
     _received: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     _flushing: set[tuple[bytes, bytes]] = field(default_factory=set)
     _open_invite_targets: set[str | None] = field(default_factory=set)
+    nearby: set[DeviceId] = field(default_factory=set)
+    _grace_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     peers: PeerManager = field(init=False)
     transfers: object = field(init=False)  # daemon.transfers.Transfers, set in start()
     publisher: object = field(init=False)  # daemon.publisher.Publisher
@@ -180,7 +184,28 @@ class Engine:
             return True
         if any(r.owner == peer.device_id for r in self.redemptions.values()):
             return True
-        return self._has_open_invites(peer.device_id)
+        if self._has_open_invites(peer.device_id):
+            return True
+        # A device this person added, or one seen on the LAN, may be about to offer an invite;
+        # connected() drops it after a grace period if it shares nothing and offers nothing.
+        return peer.device_id in self.peers.wanted or peer.device_id in self.nearby
+
+    def _shares_something(self, conn: Connection) -> bool:
+        peer = conn.peer
+        return (
+            any(album.is_reader(peer.public_key) for album in self._live_albums())
+            or any(r.owner == peer.device_id for r in self.redemptions.values())
+            or self._has_open_invites(peer.device_id)
+            or any(o.owner == peer.device_id for o in self.offers.values())
+        )
+
+    async def _drop_if_unrelated(self, conn: Connection) -> None:
+        await asyncio.sleep(UNRELATED_GRACE)
+        if not conn.closed and not self._shares_something(conn):
+            log.info("closing %s: no shared album and no invite", conn.peer.device_id.short)
+            with contextlib.suppress(ConnectionClosedError):
+                await conn.send(Close(code=ErrorCode.NO_SHARED_ALBUM, message="no shared album"))
+            conn.close()
 
     async def connected(self, conn: Connection) -> None:
         peer = conn.peer
@@ -204,6 +229,8 @@ class Engine:
         await self._offer_direct_invites(conn)
         for album in shared:
             await self._start_sync(conn, album)
+        if not self._shares_something(conn):
+            self._grace_tasks.add(asyncio.ensure_future(self._drop_if_unrelated(conn)))
         self.transfers.peer_connected()  # type: ignore[attr-defined]
 
     async def disconnected(self, conn: Connection) -> None:
@@ -318,6 +345,7 @@ class Engine:
         if new != album.state:
             album.state = new
             await self.store.set_album_state(album.album_id, new)
+            self.publisher.albums_changed()  # type: ignore[attr-defined]
             await self.activity(album, "membership", f"This device is now {new} in {album.name()}")
 
     async def on_statements(self, conn: Connection, message: Statements) -> None:
@@ -573,6 +601,19 @@ class Engine:
             ),
             None,
         )
+        again = (
+            row is not None
+            and row["state"] == "redeemed"
+            and row["redeemed_by"] == str(conn.peer.device_id)
+        )
+        if again:
+            # The same device redeeming twice (a reconnect, or a retry): answer with the offer again.
+            album = self.owned_album(bytes(row["album_id"]))
+            verify_redeem_proof(
+                bytes(row["secret"]), conn.peer.device_id.raw, album.album_id, message.proof
+            )
+            await self._send_invite(conn, album, Role.parse(row["role"]), row["message"])
+            return
         if row is None or row["state"] != "open" or row["expires_at"] <= _now():
             await conn.send(
                 Close(
@@ -718,6 +759,8 @@ class Engine:
             if album.is_reader(conn.peer.public_key):
                 await self._send_heads(conn, album)
         await self.refresh_album(album)
+        self.publisher.schedule(album)  # type: ignore[attr-defined]
+        self.publisher.albums_changed()  # type: ignore[attr-defined]
         return album
 
     async def decline_invite(self, album_id: bytes) -> None:
@@ -812,6 +855,7 @@ class Engine:
         await self.activity(album, "album", f"Created {album.name()} from {target}")
         album.refresh()
         self.publisher.schedule(album)  # type: ignore[attr-defined]
+        self.publisher.albums_changed()  # type: ignore[attr-defined]
         return album
 
     async def set_role(self, album_id: bytes, device: DeviceId, role: Role) -> None:
@@ -897,6 +941,7 @@ class Engine:
         await self._forward(album, Statements, [envelope], exclude=None)
         album.state = "left"
         await self.store.set_album_state(album_id, "left")
+        self.publisher.albums_changed()  # type: ignore[attr-defined]
         await self.activity(
             album, "membership", f"Left {album.name()}; the files stay in {album.path}"
         )

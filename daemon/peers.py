@@ -65,6 +65,7 @@ class PeerManager:
         default_factory=lambda: asyncio.Semaphore(MAX_PENDING_HANDSHAKES)
     )
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _dialing: set[DeviceId] = field(default_factory=set)
     bound_port: int = 0
 
     async def start(self) -> None:
@@ -132,15 +133,26 @@ class PeerManager:
         while True:
             now = time.monotonic()
             for device_id, state in list(self.wanted.items()):
-                if device_id in self.connections or state.next_try > now:
+                if (
+                    device_id in self.connections
+                    or device_id in self._dialing
+                    or state.next_try > now
+                ):
                     continue
                 state.next_try = now + DIAL_BACKOFF_MAX  # until the attempt finishes
+                self._dialing.add(device_id)
                 self._spawn(self._dial(device_id, state))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
     async def _dial(self, device_id: DeviceId, state: DialState) -> None:
+        try:
+            await self._dial_addresses(device_id, state)
+        finally:
+            self._dialing.discard(device_id)
+
+    async def _dial_addresses(self, device_id: DeviceId, state: DialState) -> None:
         for address, via in list(state.addresses):
             host, port = _split(address)
             try:
@@ -167,6 +179,7 @@ class PeerManager:
                 continue
             state.failures = 0
             state.next_try = 0.0
+            self._dialing.discard(device_id)
             await self._run(conn)
             return
         state.failures += 1
@@ -212,6 +225,8 @@ class PeerManager:
         try:
             await self.policy.connected(conn)
             await self._read_loop(conn)
+        except ConnectionClosedError as exc:
+            log.info("lost %s: %s", peer.device_id.short, exc)
         finally:
             keepalive.cancel()
             conn.close()
@@ -255,10 +270,13 @@ class PeerManager:
             await _quietly(conn.send(Ping(sent_at=int(time.time() * 1000))))
 
     def _prefer_new(self, existing: Connection, new: Connection) -> bool:
-        """Both sides dialled at once: keep the connection the lower device ID initiated."""
+        """Both sides dialled at once: both keep the connection the lower device ID initiated."""
+        existing_mine = existing.peer.via != "incoming"
+        new_mine = new.peer.via != "incoming"
+        if existing_mine == new_mine:
+            return False  # same direction twice: keep the one that is already working
         mine_lower = self.identity.device_id.raw < new.peer.device_id.raw
-        new_is_mine = new.peer.via != "incoming"
-        return new_is_mine == mine_lower and existing.peer.via != new.peer.via
+        return new_mine == mine_lower
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.album import Album, LocalFile
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("albumsync.publisher")
 HASH_WORKERS = 2  # hashing and AES-GCM release the GIL: one per core
+WATCH_SETTLE = 0.5  # seconds after a watcher (re)start when a second full scan covers its set-up
 
 
 @dataclass
@@ -37,7 +37,8 @@ class Publisher:
     engine: Engine
     _scheduled: dict[bytes, set[str] | None] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # scans vs finishing downloads
+    _roots_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def schedule(self, album: Album, paths: Collection[str] | None = None) -> None:
         """Ask for a scan of the album (of `paths` only, or all of it when None)."""
@@ -62,16 +63,29 @@ class Publisher:
                     except Exception:
                         log.exception("album %s: scan failed", album.printable_id)
 
+    def albums_changed(self) -> None:
+        """An album was created, joined or left: the watcher restarts on the new set of folders."""
+        self._roots_changed.set()
+
     async def watch_loop(self, debounce_ms: int) -> None:
         """Feed the watcher's change batches into scans; restart when the set of albums changes."""
         while True:
+            self._roots_changed.clear()
             roots = {
                 a.path: a for a in self.engine.albums.values() if a.state == "active" and a.path
             }
             if not roots:
-                await asyncio.sleep(1.0)
+                await self._roots_changed.wait()
                 continue
+            # Whatever changed while no watcher ran is found by full scans of each folder: now, and
+            # once more when the watcher has surely set up its watches (it gives no ready signal).
+            for album in roots.values():
+                self.schedule(album)
+            asyncio.get_running_loop().call_later(
+                WATCH_SETTLE, self._rescan_all, list(roots.values())
+            )
             stop = asyncio.Event()
+            relay = asyncio.ensure_future(self._stop_on_change(stop))
             watcher = watch(list(roots), debounce_ms, stop_event=stop)
             try:
                 async for batch in watcher:
@@ -79,15 +93,18 @@ class Publisher:
                         album = roots.get(root)
                         if album is not None:
                             self.schedule(album, paths or None)
-                    if self._albums_changed(roots):
-                        break
             finally:
+                relay.cancel()
                 stop.set()
                 await watcher.aclose()
 
-    def _albums_changed(self, roots: dict[Path, Album]) -> bool:
-        current = {a.path for a in self.engine.albums.values() if a.state == "active" and a.path}
-        return current != set(roots)
+    def _rescan_all(self, albums: list[Album]) -> None:
+        for album in albums:
+            self.schedule(album)
+
+    async def _stop_on_change(self, stop: asyncio.Event) -> None:
+        await self._roots_changed.wait()
+        stop.set()
 
     async def periodic(self, interval: float) -> None:
         while True:
@@ -110,7 +127,7 @@ class Publisher:
                 await self.engine.activity(album, "error", message)
             return
         album.problems = [p for p in album.problems if not p.startswith("folder ")]
-        async with self._lock:
+        async with self.lock:
             known = {p: KnownFile(r.size, r.mtime_ns, r.inode) for p, r in album.local.items()}
             try:
                 result = await asyncio.to_thread(scan_blocking, folder, known, paths)
@@ -131,6 +148,12 @@ class Publisher:
 
         async def one(scanned: ScannedFile) -> None:
             row = album.local.get(scanned.path)
+            if row is not None and (row.size, row.mtime_ns, row.inode) == (
+                scanned.size,
+                scanned.mtime_ns,
+                scanned.inode,
+            ):
+                return  # indexed meanwhile (a download finished during the walk)
             if row is not None and row.file is not None and row.file_author != album.me.public:
                 await self._set_aside_edit(album, scanned)
                 return

@@ -39,7 +39,7 @@ async def run_daemon(config: Config, app_factory: AppFactory) -> int:
     runner = web.AppRunner(app_factory(core), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        ui_url = await _start_ui(runner, config)
+        ui_url = await start_ui(runner, config)
         log.info(
             "device %s (%s); web UI at %s", core.identity.device_id, core.identity.name, ui_url
         )
@@ -62,7 +62,7 @@ async def run_daemon(config: Config, app_factory: AppFactory) -> int:
     return 0
 
 
-async def _start_ui(runner: web.AppRunner, config: Config) -> str:
+async def start_ui(runner: web.AppRunner, config: Config) -> str:
     site = web.TCPSite(runner, config.ui_host, config.ui_port, reuse_address=True)
     try:
         await site.start()

@@ -205,7 +205,9 @@ class Transfers:
         finally:
             partial.close()
 
-    async def _fetch_chunk(self, album: Album, file: LiveFile, index: int, partial: PartialFile) -> bool:
+    async def _fetch_chunk(
+        self, album: Album, file: LiveFile, index: int, partial: PartialFile
+    ) -> bool:
         chunk = file.chunks[index]
         tried: set[object] = set()
         while True:
@@ -290,6 +292,14 @@ class Transfers:
         assert folder is not None
         replaces = download.replaces
         expected = (replaces.size, replaces.mtime_ns) if replaces is not None else None
+        # A scan must not see the file at its final path before the index knows it: it would
+        # look like a local edit. Scans hold the same lock from walk to publish.
+        async with self.engine.publisher.lock:  # type: ignore[attr-defined]
+            await self._finish_locked(album, folder, file, expected)
+
+    async def _finish_locked(
+        self, album: Album, folder: AlbumFolder, file: LiveFile, expected: tuple[int, int] | None
+    ) -> None:
         partial = await asyncio.to_thread(folder.open_partial, file.entry_hash.hex())
         try:
             finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, expected)
