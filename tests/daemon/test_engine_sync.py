@@ -48,12 +48,12 @@ async def running(*cores: Core) -> AsyncIterator[None]:
                 await core.close()
 
 
-async def until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> float:
+async def until(check: Callable[[], bool], limit: float = 20.0, what: str = "condition") -> float:
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not check():
-        if loop.time() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if loop.time() - start > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await asyncio.sleep(0.02)
     return loop.time() - start
 
