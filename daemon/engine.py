@@ -606,7 +606,7 @@ class Engine:
             and row["state"] == "redeemed"
             and row["redeemed_by"] == str(conn.peer.device_id)
         )
-        if again:
+        if again and row is not None:
             # The same device redeeming twice (a reconnect, or a retry): answer with the offer again.
             album = self.owned_album(bytes(row["album_id"]))
             verify_redeem_proof(

@@ -25,7 +25,7 @@ class AlbumSummary:
     name: str
     path: str | None
     role: str  # owner | editor | viewer | "" (no longer a member)
-    state: str  # active | invited | left | removed | declined | deleted
+    state: str  # active | invited | joining | left | removed | declined | deleted
     folder_state: str  # ok | folder_missing | marker_missing | wrong_album | none
     owner_device: str
     owner_name: str

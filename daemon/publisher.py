@@ -90,9 +90,9 @@ class Publisher:
             try:
                 async for batch in watcher:
                     for root, paths in batch.items():
-                        album = roots.get(root)
-                        if album is not None:
-                            self.schedule(album, paths or None)
+                        changed = roots.get(root)
+                        if changed is not None:
+                            self.schedule(changed, paths or None)
             finally:
                 relay.cancel()
                 stop.set()

@@ -34,7 +34,9 @@ MAX_DEVICE_NAME_CHARS = 64
 MAX_CLOSE_MESSAGE_CHARS = 256
 MAX_ALBUMS = 1000
 MAX_BATCH_ITEMS = 1000  # entries, statements or heads in one message; a longer answer is split
-MAX_WIRE_ENTRY = 1024 * 1024 + 2048  # one signed entry as it travels: the largest membership or manifest envelope
+MAX_WIRE_ENTRY = (
+    1024 * 1024 + 2048
+)  # one signed entry as it travels: the largest membership or manifest envelope
 MAX_CHUNK_CIPHERTEXT = 256 * 1024 + 16  # a CHUNK_SIZE chunk plus its AES-GCM tag
 MAX_REQUEST_ID = 2**32 - 1
 MAX_MILLIS = 2**63 - 1

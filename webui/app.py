@@ -8,7 +8,8 @@ import jinja2
 from aiohttp import web
 
 from daemon.core import Core
-from webui.security import make_host_check, require_api_key, security_headers
+from webui.api import setup_api
+from webui.security import make_host_check, security_headers
 
 CORE: web.AppKey[Core] = web.AppKey("core", Core)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
@@ -26,7 +27,7 @@ def create_app(core: Core) -> web.Application:
         undefined=jinja2.StrictUndefined,
     )
     app.router.add_get("/", index_page)
-    app.router.add_get("/api/v1/status", api_status)
+    setup_api(app, core)
     app.router.add_static("/static/", HERE / "static", append_version=True)
     return app
 
@@ -35,18 +36,3 @@ async def index_page(request: web.Request) -> web.Response:
     status = await request.app[CORE].status()
     html = request.app[TEMPLATES].get_template("index.html").render(status=status)
     return web.Response(text=html, content_type="text/html")
-
-
-async def api_status(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    require_api_key(request, core.api_key)
-    status = await core.status()
-    return web.json_response(
-        {
-            "device_id": status.device_id,
-            "device_name": status.device_name,
-            "version": status.version,
-            "uptime": round(status.uptime, 3),
-            "schema_version": status.schema_version,
-        }
-    )

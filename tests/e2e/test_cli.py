@@ -1,0 +1,133 @@
+"""The command-line contract, run as a person or a script would: real `albumsync` processes.
+
+One daemon only; the multi-device stories are in test_sync.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Daemon, albumsync
+
+pytestmark = pytest.mark.e2e
+ALBUM_ID = re.compile(r"^[a-z2-7]{52}$")
+NOT_RUNNING = "the daemon is not running (start it with `albumsync run`)"
+MakeDaemon = Callable[..., Daemon]
+
+
+def one_sentence_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a failed command: one line, no traceback; returns it."""
+    assert result.returncode != 0
+    assert result.stdout == ""
+    err = result.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("albumsync: ")
+    return err
+
+
+def test_album_create_list_and_invite_through_the_daemon(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    daemon = make_daemon("Ana's laptop")
+    device_id = daemon.init()
+    daemon.start()
+    photos = tmp_path / "Summer 2026"
+    photos.mkdir()
+    (photos / "IMG_0001.jpg").write_bytes(b"\xff\xd8" + b"x" * 5000)
+
+    album_id = albumsync(daemon.home, "album", "create", str(photos)).stdout.strip()
+    assert ALBUM_ID.match(album_id), album_id
+    listed = json.loads(albumsync(daemon.home, "album", "list", "--json").stdout)
+    assert [(a["album_id"], a["name"], a["role"]) for a in listed] == [
+        (album_id, "Summer 2026", "owner")
+    ]
+    table = albumsync(daemon.home, "album", "list").stdout
+    assert "Summer 2026" in table
+    assert album_id in table
+
+    # ALBUM arguments take the exact name as well as the ID
+    code = albumsync(
+        daemon.home, "invite", "create", "Summer 2026", "--role", "viewer", "--message", "hi"
+    ).stdout.strip()
+    assert code.startswith("albumsync:")
+    assert len(code.splitlines()) == 1
+    invites = json.loads(albumsync(daemon.home, "invite", "list", "--json").stdout)
+    [out] = invites["outgoing"]
+    assert (out["album_id"], out["role"], out["message"], out["state"]) == (
+        album_id,
+        "viewer",
+        "hi",
+        "open",
+    )
+    cancelled = albumsync(daemon.home, "invite", "cancel", out["invite_id"][:8])
+    assert out["invite_id"] in cancelled.stdout
+
+    members = json.loads(albumsync(daemon.home, "member", "list", album_id, "--json").stdout)
+    assert [(m["device_id"], m["role"], m["is_me"]) for m in members] == [
+        (device_id, "owner", True)
+    ]
+    albumsync(daemon.home, "album", "rename", album_id, "Lake")
+    status = json.loads(albumsync(daemon.home, "status", "--json", "--wait-synced", "10").stdout)
+    assert status["device_id"] == device_id
+    assert [a["name"] for a in status["albums"]] == ["Lake"]
+    assert "Lake" in albumsync(daemon.home, "status").stdout
+    assert daemon.stop() == 0
+
+
+def test_cli_errors_are_one_sentence(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon("Ana's laptop")
+    daemon.init()
+    daemon.start()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    albumsync(daemon.home, "album", "create", str(photos), "--name", "Twice")
+    other = tmp_path / "other"
+    other.mkdir()
+    albumsync(daemon.home, "album", "create", str(other), "--name", "Twice")
+
+    err = one_sentence_error(albumsync(daemon.home, "album", "leave", "Twice", check=False))
+    assert "2 albums are named 'Twice'" in err
+    err = one_sentence_error(albumsync(daemon.home, "album", "leave", "Nope", check=False))
+    assert "no album named 'Nope'" in err
+    result = albumsync(daemon.home, "album", "create", str(tmp_path / "missing"), check=False)
+    assert "not a folder" in one_sentence_error(result)
+    album_id = json.loads(albumsync(daemon.home, "album", "list", "--json").stdout)[0]["album_id"]
+    result = albumsync(daemon.home, "album", "leave", album_id, check=False)
+    assert "owner cannot leave" in one_sentence_error(result)
+    result = albumsync(daemon.home, "member", "role", album_id, "AAAA", "viewer", check=False)
+    assert "not a member's name" in one_sentence_error(result)
+    result = albumsync(daemon.home, "peer", "add", "B" + "A" * 55, "tcp://127.0.0.1:9", check=False)
+    assert "check character" in one_sentence_error(result)
+    result = albumsync(daemon.home, "invite", "accept", "albumsync:abc", check=False)
+    assert one_sentence_error(result)
+    assert daemon.stop() == 0
+
+
+def test_commands_without_a_running_daemon_say_so(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon("Ana's laptop")
+    daemon.init()
+    for args in [
+        ("status",),
+        ("status", "--json"),
+        ("album", "list"),
+        ("album", "create", str(tmp_path)),
+        ("invite", "list", "--json"),
+        ("peer", "list"),
+        ("member", "list", "Summer"),
+    ]:
+        err = one_sentence_error(albumsync(daemon.home, *args, check=False))
+        assert err == f"albumsync: {NOT_RUNNING}", args
+    # a daemon that died without cleaning up: its runtime file points at a closed port
+    daemon.start()
+    url = daemon.ui_url
+    assert daemon.stop() == 0
+    (daemon.home / "daemon.json").write_text(json.dumps({"ui": url, "pid": 1, "peer_port": 1}))
+    err = one_sentence_error(albumsync(daemon.home, "album", "list", check=False))
+    assert err == f"albumsync: {NOT_RUNNING}"
