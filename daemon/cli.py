@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the LAN")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="start a three-device household on this machine")
-    p.add_argument("--dir", type=Path, default=None, help="where the demo keeps its devices and photos")
+    p.add_argument(
+        "--dir", type=Path, default=None, help="where the demo keeps its devices and photos"
+    )
     p.add_argument("--ui-port", type=int, default=8861, help="first of three web UI ports")
     p.set_defaults(func=cmd_demo)
     add_api_commands(sub)
