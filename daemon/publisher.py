@@ -173,7 +173,13 @@ class Publisher:
                         "album %s: %s not published yet: %s", album.printable_id, scanned.path, exc
                     )
                     return
-            envelope = await self._publish_file(album, scanned.path, hashed, file_key, row)
+            try:
+                envelope = await self._publish_file(album, scanned.path, hashed, file_key, row)
+            except Exception:
+                # One file's failure must not abort the others (nor leave them half published).
+                log.exception("album %s: publishing %s failed", album.printable_id, scanned.path)
+                album.problems.append(f"{scanned.path}: could not be published; see the log")
+                return
             if envelope is not None:
                 envelopes.append(envelope)
 
@@ -205,7 +211,6 @@ class Publisher:
             log.warning("album %s: cannot publish %s: %s", album.printable_id, path, exc)
             album.chain = None
             return None
-        await self.engine.add_manifest_entries(album, [signed.envelope])
         new_row = LocalFile(
             path=path,
             size=hashed.size,
@@ -218,11 +223,14 @@ class Publisher:
             file_key=file_key,
             state="synced",
         )
+        # In memory first: whatever happens to the write below, a rescan must not publish the
+        # file a second time. On disk, entry and index rows commit together or not at all.
         album.local[path] = new_row
-        await self.engine.store.put_local_file(album.album_id, new_row.row())
-        await self.engine.store.put_chunk_index(
-            album.album_id, path, [c.chunk_id for c in hashed.chunks]
-        )
+        store = self.engine.store
+        async with store.transaction():
+            await self.engine.add_manifest_entries(album, [signed.envelope])
+            await store.put_local_file(album.album_id, new_row.row())
+            await store.put_chunk_index(album.album_id, path, [c.chunk_id for c in hashed.chunks])
         return signed.envelope
 
     async def _record_local_only(self, album: Album, scanned: ScannedFile) -> None:

@@ -8,6 +8,7 @@ which would look like mass deletion to the sync engine.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -51,6 +52,8 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        self._tx_lock = asyncio.Lock()
+        self._tx_owner: asyncio.Task[Any] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -81,10 +84,10 @@ class Store:
 
     async def _configure(self) -> None:
         self.db.row_factory = aiosqlite.Row
-        await self.db.execute("PRAGMA journal_mode=WAL")
-        await self.db.execute("PRAGMA synchronous=FULL")
-        await self.db.execute("PRAGMA foreign_keys=ON")
-        await self.db.execute("PRAGMA busy_timeout=5000")
+        await self.execute("PRAGMA journal_mode=WAL")
+        await self.execute("PRAGMA synchronous=FULL")
+        await self.execute("PRAGMA foreign_keys=ON")
+        await self.execute("PRAGMA busy_timeout=5000")
 
     async def _check_integrity(self) -> None:
         rows = await self.fetchall("PRAGMA quick_check")
@@ -106,9 +109,10 @@ class Store:
             )
         for migration in migrations[current:]:
             # executescript commits first, so run the migration statements inside our own BEGIN.
-            await self.db.executescript(
+            async with self.db.executescript(
                 f"BEGIN IMMEDIATE;\n{migration.sql}\nPRAGMA user_version={migration.version};\nCOMMIT;"
-            )
+            ):
+                pass
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
         async with self.db.execute(sql, tuple(params)) as cursor:
@@ -119,18 +123,40 @@ class Store:
             return list(await cursor.fetchall())
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
-        await self.db.execute(sql, tuple(params))
+        # Close the cursor here: one left to the garbage collector is finalised on the event-loop
+        # thread while aiosqlite's worker thread uses the connection ("API misuse").
+        async with self._writing(), self.db.execute(sql, tuple(params)):
+            pass
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        async with self._writing(), self.db.executemany(sql, [tuple(r) for r in rows]):
+            pass
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """One connection serves every task: a write waits while another task's transaction is open,
+        so it can never be committed, or rolled back, as part of someone else's transaction."""
+        if self._tx_owner is not None and self._tx_owner is asyncio.current_task():
+            yield
+            return
+        async with self._tx_lock:
+            yield
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Store]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; other tasks' writes wait."""
+        async with self._tx_lock:
+            self._tx_owner = asyncio.current_task()
+            try:
+                await self.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                except BaseException:
+                    await self.execute("ROLLBACK")
+                    raise
+                await self.execute("COMMIT")
+            finally:
+                self._tx_owner = None
 
     # --- identity -------------------------------------------------------------------------
 
@@ -209,7 +235,7 @@ class Store:
         self, album_id: bytes, entries: list[tuple[bytes, int, bytes, bytes]]
     ) -> None:
         """Insert (author, seq, hash, envelope) rows; duplicates are ignored."""
-        await self.db.executemany(
+        await self.executemany(
             "INSERT OR IGNORE INTO manifest_entries (album_id, author, seq, hash, envelope) VALUES (?, ?, ?, ?, ?)",
             [(album_id, a, s, h, e) for a, s, h, e in entries],
         )
@@ -221,7 +247,7 @@ class Store:
         return {int(r[0]): bytes(r[1]) for r in rows}
 
     async def put_epoch_keys(self, album_id: bytes, keys: dict[int, bytes]) -> None:
-        await self.db.executemany(
+        await self.executemany(
             "INSERT OR IGNORE INTO epoch_keys (album_id, epoch, key) VALUES (?, ?, ?)",
             [(album_id, e, k) for e, k in keys.items()],
         )
@@ -251,7 +277,7 @@ class Store:
         await self.execute(
             "DELETE FROM chunk_index WHERE album_id = ? AND path = ?", (album_id, path)
         )
-        await self.db.executemany(
+        await self.executemany(
             "INSERT OR REPLACE INTO chunk_index (album_id, chunk_id, path, idx) VALUES (?, ?, ?, ?)",
             [(album_id, cid, path, i) for i, cid in enumerate(chunk_ids)],
         )
