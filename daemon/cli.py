@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=f"0.0.0.0:{DEFAULT_PEER_PORT}", help="peer address HOST:PORT"
     )
     p.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the LAN")
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="household relay relay://HOST:PORT/?id=RELAY-ID (repeatable); joined, and put in invite codes",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="start a three-device household on this machine")
     p.add_argument(
@@ -101,6 +108,17 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     root = (args.dir or Path(tempfile.gettempdir()) / "albumsync-demo").expanduser().resolve()
     print(f"albumsync demo in {root} (run again to resume it; delete the folder to start over)")
     return await run_demo(root, create_app, ui_base_port=args.ui_port)
+
+
+def check_relay_uri(text: str) -> str:
+    """A relay URI with its pinned ID, or a ConfigError saying what is wrong with it."""
+    from protocol.errors import ProtocolError  # noqa: PLC0415
+    from protocol.relay import RelayUri  # noqa: PLC0415
+
+    try:
+        return str(RelayUri.parse(text))
+    except ProtocolError as exc:
+        raise ConfigError(f"--relay {text}: {exc}") from None
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
@@ -148,6 +166,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         listen_host=listen_host,
         listen_port=listen_port,
         mdns=not args.no_mdns,
+        relays=tuple(check_relay_uri(uri) for uri in args.relay),
     )
     return await run_daemon(config, create_app)
 

@@ -58,6 +58,7 @@ class Config:
     rescan_interval: float = 60.0
     watch_debounce_ms: int = 50
     watchdog_fraction: float = 0.5
+    relays: tuple[str, ...] = ()  # relay://host:port/?id=DEVICE-ID, joined and put in invite codes
 
     @property
     def db_path(self) -> Path:
@@ -66,6 +67,11 @@ class Config:
     @property
     def api_key_path(self) -> Path:
         return self.home / "api-key"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the relay client briefly writes its TLS key pair (0600, deleted after loading)."""
+        return self.home / "tls"
 
     @property
     def runtime_path(self) -> Path:

@@ -528,6 +528,7 @@ class Engine:
             role=role,
             expires_at=_now() + lifetime,
             addresses=tuple(self.advertised_addresses()),
+            relays=self.config.relays[:4],
             rng=os.urandom,
         )
         await self.store.put_invite_out(
@@ -729,6 +730,9 @@ class Engine:
         for address in code.addresses:
             self.peers.want(owner, address, "invite")
             await self.store.put_address(str(owner), address, "invite", _now())
+        for relay in code.relays:
+            self.peers.want(owner, relay, "relay")
+            await self.store.put_address(str(owner), relay, "relay", _now())
         conn = self.peers.connections.get(owner)
         if conn is not None:
             proof = redeem_proof(code.secret, self.identity.device_id.raw, code.album_id)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from daemon.connection import Connection, ConnectionClosedError, PeerInfo, open_channel
+from daemon.errors import DaemonError
 from daemon.identity import Identity
+from daemon.relay_client import RelayClient, RelayError
 from protocol.ids import DeviceId
 from protocol.messages import Close, ErrorCode, Message, Ping, Pong
 
@@ -66,6 +68,8 @@ class PeerManager:
     )
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _dialing: set[DeviceId] = field(default_factory=set)
+    # relay URI -> a client that can request sessions through it (set by Core when relays are on)
+    relay_dialer: Callable[[str], RelayClient] | None = None
     bound_port: int = 0
 
     async def start(self) -> None:
@@ -111,7 +115,14 @@ class PeerManager:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername") or ("?", 0)
-        address = f"tcp://{_host(peername[0])}:{peername[1]}"
+        await self.accept_stream(
+            reader, writer, f"tcp://{_host(peername[0])}:{peername[1]}", "incoming"
+        )
+
+    async def accept_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, via: str
+    ) -> None:
+        """Answer the Noise handshake on a stream someone opened to us (TCP, or a relay session)."""
         if self._handshakes.locked():
             self._count("too_many_handshakes")
             writer.close()
@@ -119,7 +130,7 @@ class PeerManager:
         async with self._handshakes:
             try:
                 conn = await open_channel(
-                    reader, writer, self.identity, initiator=False, address=address, via="incoming"
+                    reader, writer, self.identity, initiator=False, address=address, via=via
                 )
             except ConnectionClosedError as exc:
                 self._count("handshake_failed")
@@ -153,10 +164,11 @@ class PeerManager:
             self._dialing.discard(device_id)
 
     async def _dial_addresses(self, device_id: DeviceId, state: DialState) -> None:
-        for address, via in list(state.addresses):
-            host, port = _split(address)
+        # Direct paths first (LAN, static, invite addresses); a relay only when none answers.
+        ordered = sorted(state.addresses, key=lambda a: a[0].startswith("relay://"))
+        for address, via in ordered:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
+                reader, writer = await self._open_stream(device_id, address)
                 conn = await open_channel(
                     reader,
                     writer,
@@ -166,7 +178,7 @@ class PeerManager:
                     via=via,
                     remote_static=None,
                 )
-            except (OSError, TimeoutError, ConnectionClosedError) as exc:
+            except (OSError, TimeoutError, ConnectionClosedError, DaemonError) as exc:
                 state.last_error = f"{address}: {exc}"
                 continue
             if conn.peer.device_id != device_id:
@@ -186,6 +198,18 @@ class PeerManager:
         state.next_try = time.monotonic() + min(
             DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2 ** min(state.failures, 6)
         )
+
+    async def _open_stream(
+        self, device_id: DeviceId, address: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to `device_id` at `address`: TCP, or a session through a relay."""
+        if address.startswith("relay://"):
+            if self.relay_dialer is None:
+                raise RelayError("relays are not set up on this device")
+            _, reader, writer = await self.relay_dialer(address).open_session(device_id)
+            return reader, writer
+        host, port = _split(address)
+        return await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
 
     # --- a live connection ------------------------------------------------------------------
 
