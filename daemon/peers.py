@@ -63,9 +63,8 @@ class PeerManager:
     errors: dict[str, int] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _handshakes: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(MAX_PENDING_HANDSHAKES)
-    )
+    # Unfinished incoming handshakes, oldest first (a dict keeps insertion order).
+    _pending: dict[asyncio.StreamWriter, None] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _dialing: set[DeviceId] = field(default_factory=set)
     # relay URI -> a client that can request sessions through it (set by Core when relays are on)
@@ -123,19 +122,24 @@ class PeerManager:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, via: str
     ) -> None:
         """Answer the Noise handshake on a stream someone opened to us (TCP, or a relay session)."""
-        if self._handshakes.locked():
-            self._count("too_many_handshakes")
-            writer.close()
+        if len(self._pending) >= MAX_PENDING_HANDSHAKES:
+            # TESTPLAN A4(b): evict the oldest unfinished handshake rather than refuse the newest.
+            # A real peer finishes in milliseconds, so a flood of silent sockets cannot lock it out.
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.close()
+            self._count("handshake_evicted")
+        self._pending[writer] = None
+        try:
+            conn = await open_channel(
+                reader, writer, self.identity, initiator=False, address=address, via=via
+            )
+        except ConnectionClosedError as exc:
+            self._count("handshake_failed")
+            log.debug("incoming handshake from %s failed: %s", address, exc)
             return
-        async with self._handshakes:
-            try:
-                conn = await open_channel(
-                    reader, writer, self.identity, initiator=False, address=address, via=via
-                )
-            except ConnectionClosedError as exc:
-                self._count("handshake_failed")
-                log.debug("incoming handshake from %s failed: %s", address, exc)
-                return
+        finally:
+            self._pending.pop(writer, None)
         await self._run(conn)
 
     # --- dialing --------------------------------------------------------------------------
