@@ -218,12 +218,17 @@ async def test_three_devices_roles_direct_invite_trash_and_marker(tmp_path: Path
         (photos / "IMG_0001.jpg").unlink()
         await until(
             lambda: (
-                not (ed_dir / "IMG_0000.jpg").exists() and not (vw_dir / "IMG_0001.jpg").exists()
+                not any(
+                    (d / n).exists()
+                    for d in (ed_dir, vw_dir)
+                    for n in ("IMG_0000.jpg", "IMG_0001.jpg")
+                )
             ),
             what="removal propagates",
         )
-        trashed = {p.name for p in (ed_dir / ".albumsync" / "trash").rglob("*.jpg")}
-        assert {"IMG_0000.jpg", "IMG_0001.jpg"} <= trashed
+        for member_dir in (ed_dir, vw_dir):
+            trashed = {p.name for p in (member_dir / ".albumsync" / "trash").rglob("*.jpg")}
+            assert {"IMG_0000.jpg", "IMG_0001.jpg"} <= trashed
 
         # The editor's folder loses its marker: nothing it "lost" is published as deleted.
         (ed_dir / ".albumsync" / "marker").unlink()
