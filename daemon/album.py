@@ -72,6 +72,7 @@ class Album:
     chain: AuthorChain | None = None
     problems: list[str] = field(default_factory=list)
     rejected_count: int = 0
+    heard_from_peer: bool = False  # a member told us its manifest heads since this daemon started
 
     @property
     def membership(self) -> MembershipState:

@@ -609,11 +609,20 @@ def _unsynced(status: dict[str, Any]) -> list[str]:
         for a in status["albums"]
         if a["state"] == "joining"
     ]
-    return waiting + [
-        f"{a['name']} has {_to_go(a['progress'])} to go"
+    unheard = [
+        f"{a['name']} waits for a member's device to say what the album holds"
         for a in status["albums"]
-        if a["state"] == "active" and a["progress"]["files_to_go"] > 0
+        if a["state"] == "active" and a["progress"].get("waiting_for_peers")
     ]
+    return (
+        waiting
+        + unheard
+        + [
+            f"{a['name']} has {_to_go(a['progress'])} to go"
+            for a in status["albums"]
+            if a["state"] == "active" and a["progress"]["files_to_go"] > 0
+        ]
+    )
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -396,6 +396,7 @@ class Engine:
 
     async def on_manifest_heads(self, conn: Connection, message: ManifestHeads) -> None:
         album = self._album_for_peer(message.album, conn)
+        album.heard_from_peer = True
         for head in message.heads:
             have = album.manifest.head(head.author)[0]
             if head.seq > have:

@@ -17,6 +17,7 @@ class Progress:
     bytes_to_go: int = 0
     rate: float = 0.0  # bytes per second over the last few seconds
     eta: float | None = None  # seconds
+    waiting_for_peers: bool = False  # joined, but no member has told us what the album holds yet
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from daemon.model import (
 )
 from protocol.ids import AlbumId, DeviceId
 from protocol.membership import Status
+from protocol.rights import Role
 
 if TYPE_CHECKING:
     from daemon.core import Core
@@ -101,7 +102,12 @@ def progress(core: Core, album: Album) -> Progress:
     files, left = core.transfers.to_go(album)
     rate = core.transfers.rate() if files else 0.0
     eta = left / rate if rate > 0 and left > 0 else None
-    return Progress(files_to_go=files, bytes_to_go=left, rate=rate, eta=eta)
+    waiting = (
+        album.state == "active" and not album.heard_from_peer and album.my_role is not Role.OWNER
+    )
+    return Progress(
+        files_to_go=files, bytes_to_go=left, rate=rate, eta=eta, waiting_for_peers=waiting
+    )
 
 
 def members(core: Core, album: Album) -> list[MemberInfo]:

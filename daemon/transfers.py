@@ -23,7 +23,7 @@ from daemon.files import AlbumFolder, FolderError, LocalChangeError, PartialFile
 from daemon.planner import Download, plan
 from daemon.scanner import read_chunk_blocking
 from protocol.album_view import LiveFile
-from protocol.chunks import TAG_SIZE, chunk_bounds, decrypt_chunk
+from protocol.chunks import CHUNK_SIZE, TAG_SIZE, chunk_bounds, decrypt_chunk
 from protocol.errors import VerificationError
 from protocol.messages import ChunkData, ChunkMissing, ChunkRequest, ErrorCode
 from protocol.names import conflict_name
@@ -376,9 +376,14 @@ class Transfers:
         return recent / RATE_WINDOW
 
     def to_go(self, album: Album) -> tuple[int, int]:
-        files = [p for p in self.queue.values() if p.album is album]
-        left = sum(max(0, p.download.file.size - p.done * 256 * 1024) for p in files)
-        return len(files), left
+        """Files of the album view this folder does not hold yet, and their bytes still missing."""
+        if album.view is None or album.state != "active":
+            return 0, 0
+        held = {row.entry_hash for row in album.local.values() if row.entry_hash is not None}
+        missing = [f for f in album.view.files if f.entry_hash not in held]
+        done = {key: p.done for key, p in self.queue.items() if p.album is album}
+        left = sum(max(0, f.size - done.get(f.entry_hash, 0) * CHUNK_SIZE) for f in missing)
+        return len(missing), left
 
 
 def _verify_and_write(

@@ -44,7 +44,15 @@ def _object(properties: Schema, required: list[str] | None = None) -> Schema:
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _object({"error": STR, "message": STR, "field": STR}, required=["error", "message"]),
-    "Progress": _object({"files_to_go": INT, "bytes_to_go": INT, "rate": NUM, "eta": OPT_NUM}),
+    "Progress": _object(
+        {
+            "files_to_go": INT,
+            "bytes_to_go": INT,
+            "rate": NUM,
+            "eta": OPT_NUM,
+            "waiting_for_peers": BOOL,
+        }
+    ),
     "AlbumSummary": _object(
         {
             "album_id": ALBUM_ID,
