@@ -37,6 +37,7 @@ class Reason(enum.Enum):
     UNKNOWN_MEMBER = "unknown_member"
     ALBUM_DELETED = "album_deleted"
     TOO_MANY_PENDING = "too_many_pending"
+    NOT_YET = "not_yet"  # valid only after something this device has not received yet
 
 
 class ProtocolError(Exception):

@@ -555,6 +555,11 @@ def _check_binding(state: MembershipState, said: Statement, *, accepted: bool) -
 def _check_leave(
     state: MembershipState, member: Member, said: Statement, *, accepted: bool
 ) -> None:
+    if member.status is Status.INVITED and not accepted:
+        # The member's accept has not reached this device yet (or its record): the leave waits.
+        raise VerificationError(
+            Reason.NOT_YET, f"{_device(said.member)} leaves an invite it has not accepted here yet"
+        )
     if not (member.status is Status.ACTIVE or (accepted and member.status is Status.INVITED)):
         raise VerificationError(
             Reason.REPLAYED, f"{_device(said.member)} is {member.status.value}, it cannot leave"

@@ -117,6 +117,7 @@ class MembershipLog:
             self._waiting[signed.hash] = signed
             return AddStatus.BUFFERED
         self._seen.add(signed.hash)
+        self._retry_waiting()  # an accept can make a waiting leave valid
         return AddStatus.APPLIED
 
     def _extend(self, signed: SignedEntry) -> Added:
@@ -196,15 +197,24 @@ class MembershipLog:
         return state
 
     def _retry_waiting(self) -> None:
-        for key, signed in list(self._waiting.items()):
-            try:
-                self._state = apply_signed_statement(self._state, signed)
-            except VerificationError as err:
-                if err.reason in _NOT_YET:
-                    continue
-            del self._waiting[key]
-            self._seen.add(key)
+        """Apply every waiting statement that has become valid, until none changes any more.
+
+        One applied statement can make another valid (an accept, then a leave), so a single pass
+        in arrival order is not enough; forgetting one would split the peers (TESTPLAN C8).
+        """
+        progress = True
+        while progress and self._waiting:
+            progress = False
+            for key, signed in list(self._waiting.items()):
+                try:
+                    self._state = apply_signed_statement(self._state, signed)
+                except VerificationError as err:
+                    if err.reason in _NOT_YET:
+                        continue
+                del self._waiting[key]
+                self._seen.add(key)
+                progress = True
 
 
 # A statement naming an invite or a key epoch this device has not seen yet may become valid.
-_NOT_YET = frozenset({Reason.UNKNOWN_MEMBER, Reason.WRONG_EPOCH})
+_NOT_YET = frozenset({Reason.UNKNOWN_MEMBER, Reason.WRONG_EPOCH, Reason.NOT_YET})
