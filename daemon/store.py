@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ import aiosqlite
 from daemon.errors import StoreError
 
 MIGRATION_PACKAGE = "daemon.migrations"
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -258,12 +260,7 @@ class Store:
         return await self.fetchall("SELECT * FROM local_files WHERE album_id = ?", (album_id,))
 
     async def put_local_file(self, album_id: bytes, row: dict[str, Any]) -> None:
-        columns = ["album_id", *row]
-        await self.execute(
-            f"INSERT OR REPLACE INTO local_files ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-            f"VALUES ({', '.join('?' for _ in columns)})",
-            (album_id, *row.values()),
-        )
+        await self._replace_row("local_files", {"album_id": album_id, **row})
 
     async def delete_local_file(self, album_id: bytes, path: str) -> None:
         await self.execute(
@@ -335,12 +332,7 @@ class Store:
         )
 
     async def put_invite_out(self, row: dict[str, Any]) -> None:
-        columns = list(row)
-        await self.execute(
-            f"INSERT OR REPLACE INTO invites_out ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-            f"VALUES ({', '.join('?' for _ in columns)})",
-            tuple(row.values()),
-        )
+        await self._replace_row("invites_out", row)
 
     async def invites_out(self) -> list[aiosqlite.Row]:
         return await self.fetchall("SELECT * FROM invites_out ORDER BY created_at")
@@ -354,10 +346,16 @@ class Store:
         )
 
     async def put_invite_in(self, row: dict[str, Any]) -> None:
-        columns = list(row)
+        await self._replace_row("invites_in", row)
+
+    async def _replace_row(self, table: str, row: dict[str, Any]) -> None:
+        """INSERT OR REPLACE one row given as {column: value}; names are checked, values bound."""
+        names = [table, *row]
+        if not all(_IDENTIFIER.fullmatch(name) for name in names):
+            raise StoreError(f"refusing an unexpected table or column name in {names}")
         await self.execute(
-            f"INSERT OR REPLACE INTO invites_in ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-            f"VALUES ({', '.join('?' for _ in columns)})",
+            f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) "  # noqa: S608 - names checked above
+            f"VALUES ({', '.join('?' for _ in row)})",
             tuple(row.values()),
         )
 
