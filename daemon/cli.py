@@ -111,14 +111,10 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def check_relay_uri(text: str) -> str:
-    """A relay URI with its pinned ID, or a ConfigError saying what is wrong with it."""
-    from protocol.errors import ProtocolError  # noqa: PLC0415
-    from protocol.relay import RelayUri  # noqa: PLC0415
+    """A --relay URI with its pinned ID, or a ConfigError saying what is wrong with it."""
+    from daemon.relays import check_relay_uri as check  # noqa: PLC0415 - keeps startup fast
 
-    try:
-        return str(RelayUri.parse(text))
-    except ProtocolError as exc:
-        raise ConfigError(f"--relay {text}: {exc}") from None
+    return str(check(text))
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
@@ -185,6 +181,7 @@ def add_api_commands(sub: SubParsers) -> None:
     _add_invite_commands(_group(sub, "invite", "invite devices to albums, answer invites"))
     _add_member_commands(_group(sub, "member", "list members, change roles, remove members"))
     _add_peer_commands(_group(sub, "peer", "devices this one talks to"))
+    _add_relay_commands(_group(sub, "relay", "household relays for members outside the LAN"))
     p = sub.add_parser("status", help="albums and peers: what is left to sync, how fast")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument(
@@ -267,6 +264,18 @@ def _add_peer_commands(peer: SubParsers) -> None:
     p = peer.add_parser("list", help="known devices and their connections")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_peer_list)
+
+
+def _add_relay_commands(relay: SubParsers) -> None:
+    p = relay.add_parser("add", help="save a relay, join it, and put it in new invite codes")
+    p.add_argument("uri", metavar="relay://HOST:PORT/?id=RELAY-ID")
+    p.set_defaults(func=cmd_relay_add)
+    p = relay.add_parser("remove", help="forget a saved relay")
+    p.add_argument("uri", metavar="relay://HOST:PORT/?id=RELAY-ID")
+    p.set_defaults(func=cmd_relay_remove)
+    p = relay.add_parser("list", help="the relays this device joins, and their state")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_relay_list)
 
 
 async def cmd_album_create(args: argparse.Namespace) -> int:
@@ -486,6 +495,35 @@ async def cmd_peer_list(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_relay_add(args: argparse.Namespace) -> int:
+    relay = await _client(args).post("/relays", {"uri": args.uri})
+    print(f"joining {relay['uri']} (saved; new invite codes carry it)")
+    return 0
+
+
+async def cmd_relay_remove(args: argparse.Namespace) -> int:
+    await _client(args).post("/relays/remove", {"uri": args.uri})
+    print("removed; invite codes made before still name it")
+    return 0
+
+
+async def cmd_relay_list(args: argparse.Namespace) -> int:
+    relays = await _client(args).get("/relays")
+    if args.json:
+        return _print_json(relays)
+    if not relays:
+        print("no relays: `albumsync relay add relay://HOST:PORT/?id=RELAY-ID` (see docs/relay.md)")
+        return 0
+    _print_table(
+        ["STATE", "SOURCE", "JOINS", "LAST ERROR", "RELAY"], [_relay_row(r) for r in relays]
+    )
+    return 0
+
+
+def _relay_row(r: dict[str, Any]) -> list[str]:
+    return [r["state"], r["source"], str(r["joins"]), r["last_error"] or "-", r["uri"]]
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     status = await client.get("/status")
@@ -644,6 +682,12 @@ def _print_status(status: dict[str, Any]) -> None:
         _print_table(
             ["PEER", "CONNECTION", "ADDRESS", "IN", "OUT", "LAST ERROR", "DEVICE ID"],
             [_peer_row(p) for p in status["peers"]],
+        )
+    if status["relays"]:
+        print()
+        _print_table(
+            ["STATE", "SOURCE", "JOINS", "LAST ERROR", "RELAY"],
+            [_relay_row(r) for r in status["relays"]],
         )
     if status["errors"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(status["errors"].items()))

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from daemon.apikey import load_or_create_api_key
 from daemon.config import Config
@@ -22,6 +21,7 @@ from daemon.errors import DaemonError
 from daemon.identity import Identity, load_identity
 from daemon.publisher import Publisher
 from daemon.relay_client import RelayClient
+from daemon.relays import Relays
 from daemon.store import Store
 from daemon.transfers import Transfers
 from protocol.ids import DeviceId
@@ -57,7 +57,9 @@ class Core:
         self.engine.publisher = self.publisher
         self.discovery: Discovery | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.relays: list[RelayClient] = []
+        self.relays = Relays(
+            store, identity.key, config.tls_dir, config.relays, self._relay_invitation
+        )
 
     async def start(self, tasks: asyncio.TaskGroup) -> None:
         """Load albums, listen for peers, announce on the LAN, and start the background services."""
@@ -65,7 +67,7 @@ class Core:
         await engine.load()
         await engine.refresh_open_invites()
         await engine.peers.start()
-        self._start_relays()
+        await self._start_relays()
         if self.config.mdns:
             self.discovery = Discovery(
                 str(self.identity.device_id), engine.peers.bound_port, self._seen_nearby
@@ -85,24 +87,14 @@ class Core:
                 await engine.refresh_album(album)
                 self.publisher.schedule(album)
 
-    def _start_relays(self) -> None:
-        """Join the configured relays, and let the peer manager dial through any relay URI."""
-        key, tls = self.identity.key, self.config.tls_dir
-        tls.mkdir(mode=0o700, exist_ok=True)
+    async def _start_relays(self) -> None:
+        """Join the saved and flagged relays, and let the peer manager dial through any relay URI."""
+        self.engine.peers.relay_dialer = self.relays.dialer
+        self.engine.relay_uris = self.relays.uris
+        await self.relays.start()
 
-        def dialer(uri: str) -> RelayClient:
-            joined = next((r for r in self.relays if str(r.uri) == uri), None)
-            return joined or RelayClient(key, tls, uri, _ignore_invitation)
-
-        self.engine.peers.relay_dialer = dialer
-        for uri in self.config.relays:
-            client = RelayClient(key, tls, uri, partial(self._relay_invitation, uri))
-            client.start()
-            self.relays.append(client)
-
-    async def _relay_invitation(self, uri: str, invitation: SessionInvitation) -> None:
+    async def _relay_invitation(self, client: RelayClient, invitation: SessionInvitation) -> None:
         """Someone asked the relay for a session with us: join it and answer the handshake."""
-        client = next(r for r in self.relays if str(r.uri) == uri)
         try:
             reader, writer = await client.connect_session(invitation)
         except DaemonError as exc:
@@ -113,8 +105,7 @@ class Core:
 
     async def stop(self) -> None:
         """Stop the services this core started (the TaskGroup then finishes)."""
-        for relay in self.relays:
-            await relay.close()
+        await self.relays.close()
         for task in self.tasks:
             task.cancel()
         if self.discovery is not None:
@@ -168,7 +159,3 @@ class Core:
 
     def remove_runtime_file(self) -> None:
         self.config.runtime_path.unlink(missing_ok=True)
-
-
-def _ignore_invitation(invitation: SessionInvitation) -> None:
-    """Dial-only relay clients (a relay from someone's invite code) are never joined."""

@@ -31,6 +31,7 @@ from protocol.album_view import LiveFile
 from protocol.errors import DecodeError, ProtocolError, VerificationError
 from protocol.frames import MAX_BATCH_PAYLOAD
 from protocol.ids import AlbumId, DeviceId
+from protocol.invite import MAX_RELAYS as MAX_INVITE_RELAYS
 from protocol.invite import (
     InviteCode,
     encode_invite,
@@ -114,6 +115,7 @@ class Engine:
     _flushing: set[tuple[bytes, bytes]] = field(default_factory=set)
     _open_invite_targets: set[str | None] = field(default_factory=set)
     nearby: set[DeviceId] = field(default_factory=set)
+    relay_uris: Callable[[], tuple[str, ...]] = field(default=lambda: ())  # set by Core
     _grace_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     peers: PeerManager = field(init=False)
     transfers: object = field(init=False)  # daemon.transfers.Transfers, set in start()
@@ -529,7 +531,7 @@ class Engine:
             role=role,
             expires_at=_now() + lifetime,
             addresses=tuple(self.advertised_addresses()),
-            relays=self.config.relays[:4],
+            relays=self.relay_uris()[:MAX_INVITE_RELAYS],
             rng=os.urandom,
         )
         await self.store.put_invite_out(

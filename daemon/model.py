@@ -113,6 +113,17 @@ class Activity:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RelayInfo:
+    uri: str  # relay://HOST:PORT/?id=RELAY-ID, never with its token
+    source: str  # setting (saved, removable) | flag (this run's --relay)
+    state: str  # stopped | connecting | joined | failed
+    last_error: str
+    since: float
+    joins: int
+    invitations_dropped: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatusReport:
     device_id: str
     device_name: str
@@ -121,4 +132,5 @@ class StatusReport:
     listen: str
     albums: tuple[AlbumSummary, ...]
     peers: tuple[PeerStatus, ...]
+    relays: tuple[RelayInfo, ...]
     errors: dict[str, int]

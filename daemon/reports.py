@@ -22,6 +22,7 @@ from daemon.model import (
     MemberInfo,
     PeerStatus,
     Progress,
+    RelayInfo,
     StatusReport,
     TrashEntry,
 )
@@ -215,8 +216,25 @@ async def status_report(core: Core) -> StatusReport:
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         albums=tuple(await album_summaries(core)),
         peers=tuple(peers(core)),
+        relays=tuple(relays(core)),
         errors=errors,
     )
+
+
+def relays(core: Core) -> list[RelayInfo]:
+    """The relays this device joins, and how each connection is doing."""
+    return [
+        RelayInfo(
+            uri=entry.uri,
+            source=entry.source,
+            state=entry.status.state.value,
+            last_error=entry.status.last_error or "",
+            since=entry.status.since,
+            joins=entry.status.joins,
+            invitations_dropped=entry.status.invitations_dropped,
+        )
+        for entry in core.relays.entries()
+    ]
 
 
 def device_name(core: Core, device: DeviceId | None) -> str:

@@ -175,6 +175,19 @@ class Store:
     async def set_device_name(self, name: str) -> None:
         await self.execute("UPDATE identity SET name = ? WHERE id = 1", (name,))
 
+    # --- settings --------------------------------------------------------------------------
+
+    async def setting(self, key: str) -> str | None:
+        row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(row["value"]) if row else None
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
     # --- albums ----------------------------------------------------------------------------
 
     async def albums(self) -> list[aiosqlite.Row]:

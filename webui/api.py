@@ -32,7 +32,7 @@ from daemon.errors import (
 from daemon.files import FolderError
 from protocol.errors import DecodeError, InviteCodeError, ProtocolError
 from protocol.ids import MAX_ID_TEXT, AlbumId, DeviceId
-from protocol.invite import INVITE_ID_SIZE, MAX_ADDRESS_CHARS, MAX_CODE_TEXT
+from protocol.invite import INVITE_ID_SIZE, MAX_ADDRESS_CHARS, MAX_CODE_TEXT, MAX_RELAY_CHARS
 from protocol.membership_sealing import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, check_message, check_name
 from protocol.rights import Role
 from webui.openapi import OPENAPI
@@ -119,6 +119,9 @@ def setup_api(app: web.Application, core: Core) -> None:
         ("GET", "/peers", api.list_peers),
         ("POST", "/peers", api.add_peer),
         ("GET", "/activity", api.list_activity),
+        ("GET", "/relays", api.list_relays),
+        ("POST", "/relays", api.add_relay),
+        ("POST", "/relays/remove", api.remove_relay),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, V1 + path, handler)
@@ -339,6 +342,23 @@ class Api:
         await self.engine.add_peer(device, _peer_address(body["address"]))
         found = next(p for p in reports.peers(self.core) if p.device_id == str(device))
         return _json(found)
+
+    async def list_relays(self, request: web.Request) -> web.Response:
+        return _json(reports.relays(self.core))
+
+    async def add_relay(self, request: web.Request) -> web.Response:
+        body = await read_body(
+            request, {"uri": Field(str, required=True, max_chars=MAX_RELAY_CHARS)}
+        )
+        entry = await self.core.relays.add(body["uri"])
+        return _json(next(r for r in reports.relays(self.core) if r.uri == entry.uri))
+
+    async def remove_relay(self, request: web.Request) -> web.Response:
+        body = await read_body(
+            request, {"uri": Field(str, required=True, max_chars=MAX_RELAY_CHARS)}
+        )
+        await self.core.relays.remove(body["uri"])
+        return _json(reports.relays(self.core))
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -153,6 +153,17 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Activity": _object({"at": INT, "album_id": OPT_STR, "kind": STR, "text": STR}),
+    "RelayInfo": _object(
+        {
+            "uri": {**STR, "description": "relay://HOST:PORT/?id=RELAY-ID (never its token)"},
+            "source": {"enum": ["setting", "flag"]},
+            "state": {"enum": ["stopped", "connecting", "joined", "failed"]},
+            "last_error": STR,
+            "since": NUM,
+            "joins": INT,
+            "invitations_dropped": INT,
+        }
+    ),
     "StatusReport": _object(
         {
             "device_id": DEVICE_ID,
@@ -162,6 +173,7 @@ SCHEMAS: dict[str, Schema] = {
             "listen": STR,
             "albums": _list("AlbumSummary"),
             "peers": _list("PeerStatus"),
+            "relays": _list("RelayInfo"),
             "errors": {"type": "object", "additionalProperties": INT},
         }
     ),
@@ -357,6 +369,21 @@ PATHS: dict[str, Schema] = {
                 ["device_id", "address"],
             ),
             "responses": _ok(_ref("PeerStatus")),
+        },
+    },
+    "/api/v1/relays": {
+        "get": {"summary": "the relays this device joins", "responses": _ok(_list("RelayInfo"))},
+        "post": {
+            "summary": "save a relay and join it (its URI goes into new invite codes)",
+            "requestBody": _body({"uri": {**STR, "pattern": "^relay://"}}, ["uri"]),
+            "responses": _ok(_ref("RelayInfo")),
+        },
+    },
+    "/api/v1/relays/remove": {
+        "post": {
+            "summary": "forget a saved relay and leave it",
+            "requestBody": _body({"uri": {**STR, "pattern": "^relay://"}}, ["uri"]),
+            "responses": _ok(_list("RelayInfo")),
         },
     },
     "/api/v1/activity": {

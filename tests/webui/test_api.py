@@ -245,7 +245,8 @@ async def test_openapi_document_describes_every_route(api: Api) -> None:
         if method in {"get", "post", "put", "delete", "patch"}
     }
     assert routes == documented
-    assert len(routes) == 22
+    # The enumeration itself works: operations the CLI depends on are in both.
+    assert {("/api/v1/status", "get"), ("/api/v1/relays", "post")} <= routes
     for path, item in doc["paths"].items():
         for method in ("get", "post"):
             if method in item:
