@@ -254,7 +254,8 @@ class Engine:
 
     async def _start_sync(self, conn: Connection, album: Album) -> None:
         state = album.membership
-        await conn.send(LogRequest(album=album.album_id, after_seq=state.head_seq))
+        # From one entry back: two devices at the same height with different heads see the fork.
+        await conn.send(LogRequest(album=album.album_id, after_seq=max(0, state.head_seq - 1)))
         unrecorded = [s.envelope for held in state.unrecorded.values() for s in held]
         if unrecorded:
             await conn.send(
@@ -307,14 +308,20 @@ class Engine:
                 continue
             if added.status is AddStatus.FORKED:
                 await self._store_log_entry(album, envelope)
-                album.problems.append(
-                    "the owner signed two different histories (fork): changes are frozen"
-                )
-                log.error("album %s: FORK in the membership log", album.printable_id)
+                await self._fork_alarm(album)
             for entry in added.applied:
                 await self._store_log_entry(album, entry)
                 applied.append(entry)
         return applied
+
+    async def _fork_alarm(self, album: Album) -> None:
+        """Tell the person, and hand both signed entries to every reader: they are the proof."""
+        fork = album.membership.fork
+        if fork is None:
+            return
+        log.error("album %s: FORK in the membership log at seq %d", album.printable_id, fork.seq)
+        await self.activity(album, "alarm", fork_text(fork.seq, fork.hashes))
+        await self._forward(album, LogEntries, list(fork.envelopes), exclude=None)
 
     async def _store_log_entry(self, album: Album, envelope: bytes) -> None:
         signed = membership_entries.decode_entry(envelope)
@@ -1101,3 +1108,13 @@ def _bracket(host: str) -> str:
 
 def _now() -> int:
     return int(time.time())
+
+
+def fork_text(seq: int, hashes: tuple[bytes, bytes]) -> str:
+    """The fork alarm in words, naming both entries so anyone can check the proof."""
+    first, second = (h.hex()[:12] for h in hashes)
+    return (
+        f"fork alarm: the owner signed two different histories at position {seq} "
+        f"(entries {first}… and {second}…); membership changes are frozen until the owner "
+        "starts a new album"
+    )

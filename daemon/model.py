@@ -36,6 +36,7 @@ class AlbumSummary:
     local_only: int  # files in the folder that are not published (viewer, or refused names)
     progress: Progress = field(default_factory=Progress)
     fork: bool = False
+    fork_hashes: tuple[str, ...] = ()  # hex hashes of the two entries the owner signed for one seq
     problems: tuple[str, ...] = ()
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from daemon.album import Album
+from daemon.engine import fork_text
 from daemon.model import (
     Activity,
     AlbumSummary,
@@ -42,6 +43,7 @@ async def album_summary(core: Core, album: Album) -> AlbumSummary:
     folder_state = await asyncio.to_thread(album.folder_state) if album.path else None
     files = album.view.files if album.view is not None else ()
     owner = album.device_of(album.membership.owner)
+    fork = album.membership.fork
     return AlbumSummary(
         album_id=album.printable_id,
         name=album.name(),
@@ -57,7 +59,8 @@ async def album_summary(core: Core, album: Album) -> AlbumSummary:
         local_only=sum(1 for row in album.local.values() if row.state == "local_only"),
         progress=progress(core, album),
         fork=album.membership.fork is not None or bool(album.view and album.view.forks),
-        problems=tuple(album.problems),
+        fork_hashes=tuple(h.hex() for h in fork.hashes) if fork else (),
+        problems=tuple(album.problems) + ((fork_text(fork.seq, fork.hashes),) if fork else ()),
     )
 
 

@@ -75,6 +75,11 @@ SCHEMAS: dict[str, Schema] = {
             "local_only": INT,
             "progress": _ref("Progress"),
             "fork": BOOL,
+            "fork_hashes": {
+                "type": "array",
+                "items": STR,
+                "description": "hex hashes of the two entries the owner signed for one position",
+            },
             "problems": {"type": "array", "items": STR},
         }
     ),
