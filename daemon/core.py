@@ -7,6 +7,7 @@ owned by one TaskGroup, so a failing service stops the daemon instead of dying s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from daemon.publisher import Publisher
 from daemon.relay_client import RelayClient
 from daemon.relays import Relays
 from daemon.store import Store
+from daemon.thumbnails import Thumbnails
 from daemon.transfers import Transfers
 from protocol.ids import DeviceId
 from protocol.relay import SessionInvitation
@@ -159,3 +161,8 @@ class Core:
 
     def remove_runtime_file(self) -> None:
         self.config.runtime_path.unlink(missing_ok=True)
+
+    @functools.cached_property
+    def thumbnails(self) -> Thumbnails:
+        """The thumbnail cache under the data directory (made on first use: the CLI never needs it)."""
+        return Thumbnails(self.config.home / "thumbs")

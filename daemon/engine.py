@@ -45,6 +45,7 @@ from protocol.manifest_state import Arrival, ManifestState
 from protocol.membership import Status
 from protocol.membership_builders import (
     build_accept,
+    build_cover,
     build_decline,
     build_delete,
     build_genesis,
@@ -1036,6 +1037,38 @@ class Engine:
 
     def folder_ok(self, album: Album) -> bool:
         return album.path is not None and album.folder_state() is FolderState.OK
+
+    # --- web UI operations: cover, trash ------------------------------------------------------
+
+    async def set_cover(self, album_id: bytes, file_key: tuple[bytes, bytes] | None) -> None:
+        """Make a live file the album's cover (owner); None clears it. Sealed like the name."""
+        album = self.owned_album(album_id)
+        if file_key is not None and (album.view is None or album.view.file(file_key) is None):
+            raise AlbumNotFoundError("that photo is not in the album (any more)")
+        entry, _ = build_cover(
+            album.membership,
+            self.identity.key,
+            cover=file_key[0] + file_key[1] if file_key is not None else b"",
+            now=_now(),
+            rng=os.urandom,
+        )
+        await self._owner_change(album, entry, f"{album.name()} has a new cover")
+
+    async def restore_from_trash(self, album_id: bytes, trash_path: str) -> str:
+        """Move a file from the album trash back into the folder; returns where it went. It is
+        then published as this device's (if its role lets it add photos)."""
+        album = self.album(album_id)
+        folder = album.folder
+        if album.state != "active" or folder is None:
+            raise NotPermittedError(f"the album is {album.state}; nothing can be restored into it")
+        items = await asyncio.to_thread(folder.list_trash)
+        item = next((i for i in items if i.trash_rel == trash_path), None)
+        if item is None:
+            raise AlbumNotFoundError(f"'{trash_path}' is not in the album's trash")
+        restored = await asyncio.to_thread(folder.restore, item)
+        await self.activity(album, "files", f"Restored {restored} from the trash of {album.name()}")
+        self.publisher.schedule(album)  # type: ignore[attr-defined]
+        return restored
 
 
 _HANDLERS: dict[type[Message], Callable[[Engine, Connection, Any], Awaitable[None]]] = {

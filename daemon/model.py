@@ -38,6 +38,7 @@ class AlbumSummary:
     fork: bool = False
     fork_hashes: tuple[str, ...] = ()  # hex hashes of the two entries the owner signed for one seq
     problems: tuple[str, ...] = ()
+    cover: str | None = None  # the ID (as in the files listing) of the owner's chosen cover
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,11 +53,13 @@ class MemberInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class FileInfo:
+    id: str  # how the thumbnail and original endpoints name this file (never a path)
     path: str
     size: int
     added_by_device: str
     added_by_name: str
-    captured_at: int | None
+    captured_at: int | None  # as the author published it
+    captured: int | None  # the capture time the grid orders by: published, else EXIF, else None
     mtime_ns: int
     local: str  # synced | downloading | missing | local_only
 
@@ -135,3 +138,27 @@ class StatusReport:
     peers: tuple[PeerStatus, ...]
     relays: tuple[RelayInfo, ...]
     errors: dict[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    """One verified change of an album's membership log, in words: who did what to whom, when."""
+
+    seq: int
+    at: int  # the owner's clock when it signed the entry (informational)
+    kind: str  # created | invited | role | removed | accepted | declined | left | renamed | cover
+    #            | deleted | rotated
+    actor: str  # device name of who made the change
+    subject: str  # device name it concerns, or ""
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NearbyInfo:
+    """A device announced on the LAN (not yet verified: the handshake decides who it is)."""
+
+    device_id: str
+    name: str  # its name if it ever connected to us, else its short ID
+    addresses: tuple[str, ...]
+    last_seen: float | None
+    connected: bool

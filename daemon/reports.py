@@ -8,27 +8,43 @@ sync). IDs come out in their printed forms.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.album import Album
+from daemon.album import Album, LocalFile
 from daemon.engine import fork_text
 from daemon.model import (
     Activity,
     AlbumSummary,
     FileInfo,
+    HistoryEntry,
     InviteIn,
     InviteOut,
     MemberInfo,
+    NearbyInfo,
     PeerStatus,
     Progress,
     RelayInfo,
     StatusReport,
     TrashEntry,
 )
+from protocol.errors import VerificationError
 from protocol.ids import AlbumId, DeviceId
 from protocol.membership import Status
+from protocol.membership_entries import (
+    DeleteAlbum,
+    Genesis,
+    Invite,
+    Record,
+    Remove,
+    Rename,
+    RoleChange,
+    SetCover,
+    decode_entry,
+)
 from protocol.rights import Role
 
 if TYPE_CHECKING:
@@ -61,6 +77,7 @@ async def album_summary(core: Core, album: Album) -> AlbumSummary:
         fork=album.membership.fork is not None or bool(album.view and album.view.forks),
         fork_hashes=tuple(h.hex() for h in fork.hashes) if fork else (),
         problems=tuple(album.problems) + ((fork_text(fork.seq, fork.hashes),) if fork else ()),
+        cover=cover_id(album),
     )
 
 
@@ -124,8 +141,13 @@ def members(core: Core, album: Album) -> list[MemberInfo]:
 
 
 def files(core: Core, album: Album, offset: int, limit: int) -> list[FileInfo]:
-    """One page of the album's files (by path), then the local files that are not published."""
-    return list(_all_files(core, album))[offset : offset + limit]
+    """One page of the album's files in grid order: by capture time, files without one last, then
+    by path; local files that are not published are listed with the others."""
+    return sorted(_all_files(core, album), key=_grid_order)[offset : offset + limit]
+
+
+def _grid_order(file: FileInfo) -> tuple[bool, int, str]:
+    return (file.captured is None, file.captured or 0, file.path)
 
 
 async def trash(album: Album) -> list[TrashEntry]:
@@ -267,9 +289,13 @@ def _all_files(core: Core, album: Album) -> Iterable[FileInfo]:
     view_files = album.view.files if album.view is not None else ()
     downloading = {p.download.file.entry_hash for p in core.transfers.queue.values() if p.active}
     published = set()
+    thumbs = core.thumbnails
+    authors: dict[bytes, DeviceId | None] = {}
     for file in view_files:
         published.add(file.path)
-        device = album.device_of(file.author)
+        if file.author not in authors:  # a certificate hash per author, not per file
+            authors[file.author] = album.device_of(file.author)
+        device = authors[file.author]
         row = album.local.get(file.path)
         if row is not None and row.entry_hash == file.entry_hash:
             local = "synced"
@@ -277,12 +303,15 @@ def _all_files(core: Core, album: Album) -> Iterable[FileInfo]:
             local = "downloading"
         else:
             local = "missing"
+        meta = thumbs.meta(file.content_hash) if file.captured_at is None else None
         yield FileInfo(
+            id=published_file_id(file.key),
             path=file.path,
             size=file.size,
             added_by_device=str(device) if device is not None else "",
             added_by_name=device_name(core, device),
             captured_at=file.captured_at,
+            captured=file.captured_at if meta is None else meta.captured,
             mtime_ns=file.mtime_ns,
             local=local,
         )
@@ -290,12 +319,15 @@ def _all_files(core: Core, album: Album) -> Iterable[FileInfo]:
     for path in sorted(album.local):
         row = album.local[path]
         if row.state == "local_only" and path not in published:
+            meta = thumbs.meta(local_cache_key(row))
             yield FileInfo(
+                id=local_file_id(path),
                 path=path,
                 size=row.size,
                 added_by_device=str(me),
                 added_by_name=core.identity.name,
                 captured_at=None,
+                captured=meta.captured if meta is not None else None,
                 mtime_ns=row.mtime_ns,
                 local="local_only",
             )
@@ -329,3 +361,174 @@ def _peer(core: Core, device: DeviceId, albums: tuple[str, ...]) -> PeerStatus:
         last_error=dial.last_error if dial is not None else "",
         albums=albums,
     )
+
+
+# --- the web UI's grid, history and nearby devices ------------------------------------------------
+
+LOCAL_ID_PREFIX = "local-"
+_FILE_KEY_HEX = 2 * (32 + 16)  # author key + file ID
+_located: dict[bytes, tuple[object, int, dict[str, Located]]] = {}
+
+
+@dataclass(frozen=True)
+class Located:
+    """A file of the album found by its listing ID: where it is, and what its bytes should be."""
+
+    id: str
+    path: str
+    cache_key: bytes  # content hash (or a stat fingerprint) naming its thumbnail
+    on_disk: bool  # the folder holds exactly this version
+    size: int
+    mtime_ns: int
+
+
+def published_file_id(key: tuple[bytes, bytes]) -> str:
+    """A published file's ID: its author key and file ID in hex (stable across renames)."""
+    return (key[0] + key[1]).hex()
+
+
+def local_file_id(path: str) -> str:
+    """An unpublished local file's ID: a digest of its path (the path itself never travels)."""
+    return LOCAL_ID_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:32]
+
+
+def local_cache_key(row: LocalFile) -> bytes:
+    """What names a local file's thumbnail: its content hash, else its size, time and inode."""
+    if row.content_hash is not None:
+        return row.content_hash
+    return hashlib.sha256(f"{row.path}\0{row.size}\0{row.mtime_ns}\0{row.inode}".encode()).digest()
+
+
+def cover_id(album: Album) -> str | None:
+    """The owner's chosen cover as a file ID, or None (no cover, or its key is not here)."""
+    try:
+        cover = album.membership.cover(album.keys)
+    except VerificationError:
+        return None
+    return cover.hex() if cover and len(cover) * 2 == _FILE_KEY_HEX else None
+
+
+def locate(album: Album, file_id: str) -> Located | None:
+    """The file the files listing calls `file_id`, or None. Indexed once per view (10,000-photo
+    albums ask this for every thumbnail)."""
+    if len(file_id) > 2 * _FILE_KEY_HEX:
+        return None
+    cached = _located.get(album.album_id)
+    if cached is None or cached[0] is not album.view or cached[1] != len(album.local):
+        cached = (album.view, len(album.local), _index_files(album))
+        _located[album.album_id] = cached
+    return cached[2].get(file_id)
+
+
+def _index_files(album: Album) -> dict[str, Located]:
+    found: dict[str, Located] = {}
+    published = set()
+    for file in album.view.files if album.view is not None else ():
+        published.add(file.path)
+        row = album.local.get(file.path)
+        here = row is not None and row.entry_hash == file.entry_hash
+        fid = published_file_id(file.key)
+        found[fid] = Located(
+            id=fid,
+            path=file.path,
+            cache_key=file.content_hash,
+            on_disk=here,
+            size=row.size if row is not None and here else file.size,
+            mtime_ns=row.mtime_ns if row is not None and here else file.mtime_ns,
+        )
+    for path, row in album.local.items():
+        if row.state == "local_only" and path not in published:
+            fid = local_file_id(path)
+            found[fid] = Located(
+                id=fid,
+                path=path,
+                cache_key=local_cache_key(row),
+                on_disk=True,
+                size=row.size,
+                mtime_ns=row.mtime_ns,
+            )
+    return found
+
+
+def on_disk(album: Album) -> list[Located]:
+    """Every file of the album whose listed version is in the folder (thumbnails can be made)."""
+    if album.view is None and not album.local:
+        return []
+    locate(album, "")  # refresh the index
+    return [f for f in _located[album.album_id][2].values() if f.on_disk]
+
+
+def history(core: Core, album: Album) -> list[HistoryEntry]:
+    """The album's verified membership log in words, oldest first."""
+    found = []
+    owner = device_name(core, album.device_of(album.membership.owner))
+    for envelope in album.log.envelopes():
+        entry = decode_entry(envelope).entry
+        kind, actor, subject, text = _history_words(core, album, entry.body, owner)
+        found.append(
+            HistoryEntry(
+                seq=entry.seq, at=entry.at, kind=kind, actor=actor, subject=subject, text=text
+            )
+        )
+    return found
+
+
+def _history_words(core: Core, album: Album, body: object, owner: str) -> tuple[str, str, str, str]:
+    """(kind, actor, subject, sentence) for one membership entry."""
+
+    def name(key: bytes) -> str:
+        return device_name(core, album.device_of(key))
+
+    if isinstance(body, Genesis):
+        return "created", owner, "", f"{owner} created the album"
+    if isinstance(body, Invite):
+        who = name(body.member)
+        return "invited", owner, who, f"{owner} invited {who} as {body.role.label}"
+    if isinstance(body, RoleChange):
+        who = name(body.member)
+        return "role", owner, who, f"{owner} made {who} {body.role.label}"
+    if isinstance(body, Remove):
+        who = name(body.member)
+        kept = " (keeping their photos)" if body.keep_photos else ""
+        return "removed", owner, who, f"{owner} removed {who}{kept}"
+    if isinstance(body, Record):
+        statement = body.statement.statement
+        who = name(statement.member)
+        words = {"accept": "accepted the invite", "decline": "declined the invite"}
+        words["leave"] = "left the album" + (
+            " (the owner kept their photos)" if body.keep_photos else ""
+        )
+        kind = {"accept": "accepted", "decline": "declined", "leave": "left"}[statement.kind.value]
+        return kind, who, who, f"{who} {words[statement.kind.value]}"
+    if isinstance(body, Rename):
+        return "renamed", owner, "", f"{owner} renamed the album"
+    if isinstance(body, SetCover):
+        return "cover", owner, "", f"{owner} set the album cover"
+    if isinstance(body, DeleteAlbum):
+        return "deleted", owner, "", f"{owner} deleted the album for everyone"
+    return "rotated", owner, "", f"{owner} renewed the album key"
+
+
+def nearby(core: Core) -> list[NearbyInfo]:
+    """Devices announced on the LAN (unverified until a handshake), by name, then ID."""
+    me = str(core.identity.device_id)
+    seen = {d.device_id: d for d in core.discovery.nearby()} if core.discovery else {}
+    ids = set(seen) | {str(d) for d in core.engine.nearby}
+    ids.discard(me)
+    found = []
+    for text in ids:
+        device = DeviceId.parse(text)
+        announced = seen.get(text)
+        found.append(
+            NearbyInfo(
+                device_id=text,
+                name=device_name(core, device),
+                addresses=tuple(
+                    f"tcp://{'[' + h + ']' if ':' in h else h}:{p}"
+                    for h, p in (announced.addresses if announced else ())
+                ),
+                last_seen=announced.last_seen if announced else None,
+                connected=device in core.engine.peers.connections,
+            )
+        )
+    return sorted(found, key=lambda n: (n.name.casefold(), n.device_id))

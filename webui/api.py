@@ -8,13 +8,15 @@ unknown fields, wrong types and values out of bounds are refused with the field 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -29,15 +31,19 @@ from daemon.errors import (
     NotPermittedError,
     StoreError,
 )
-from daemon.files import FolderError
+from daemon.files import FileChangedError, FolderError
+from daemon.thumbnails import SNIFF_BYTES, sniff
 from protocol.errors import DecodeError, InviteCodeError, ProtocolError
 from protocol.ids import MAX_ID_TEXT, AlbumId, DeviceId
 from protocol.invite import INVITE_ID_SIZE, MAX_ADDRESS_CHARS, MAX_CODE_TEXT, MAX_RELAY_CHARS
+from protocol.keys import PUBLIC_KEY_SIZE
+from protocol.manifest import FILE_ID_SIZE
 from protocol.membership_sealing import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, check_message, check_name
 from protocol.rights import Role
 from webui.openapi import OPENAPI
-from webui.security import host_allowed, require_api_key
+from webui.security import SECURITY_HEADERS, api_key_from, host_allowed, require_api_key
 from webui.serialize import to_json
+from webui.session import Sessions
 
 log = logging.getLogger("albumsync.api")
 
@@ -47,6 +53,11 @@ MAX_PATH_CHARS = 4096
 MAX_FILES_PAGE = 500
 DEFAULT_FILES_PAGE = 100
 ROLES = ("viewer", "editor")
+FILE_KEY_BYTES = PUBLIC_KEY_SIZE + FILE_ID_SIZE
+ORIGINAL_CHUNK = 256 * 1024
+# User bytes never run as our page: no script, no plugin, no same-origin access (TESTPLAN W7).
+USER_BYTES_CSP = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
+GENERIC_TILE = (Path(__file__).resolve().parent / "static" / "tile.svg").read_bytes()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The one mapping from exceptions to HTTP: first match wins, so subclasses come before bases.
@@ -92,10 +103,10 @@ class Field:
     choices: tuple[str, ...] = ()
 
 
-def setup_api(app: web.Application, core: Core) -> None:
+def setup_api(app: web.Application, core: Core, sessions: Sessions | None = None) -> None:
     """Add the /api/v1 routes and the middleware that guards every /api/ path."""
     api = Api(core)
-    app.middlewares.append(make_api_guard(core))
+    app.middlewares.append(make_api_guard(core, sessions))
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/status", api.status),
         ("GET", "/openapi.json", api.openapi),
@@ -119,6 +130,12 @@ def setup_api(app: web.Application, core: Core) -> None:
         ("GET", "/peers", api.list_peers),
         ("POST", "/peers", api.add_peer),
         ("GET", "/activity", api.list_activity),
+        ("GET", "/albums/{album}/files/{file}/thumbnail", api.thumbnail),
+        ("GET", "/albums/{album}/files/{file}/original", api.original),
+        ("POST", "/albums/{album}/cover", api.set_cover),
+        ("GET", "/albums/{album}/history", api.history),
+        ("POST", "/albums/{album}/trash/restore", api.restore_from_trash),
+        ("GET", "/nearby", api.list_nearby),
         ("GET", "/relays", api.list_relays),
         ("POST", "/relays", api.add_relay),
         ("POST", "/relays/remove", api.remove_relay),
@@ -127,8 +144,11 @@ def setup_api(app: web.Application, core: Core) -> None:
         app.router.add_route(method, V1 + path, handler)
 
 
-def make_api_guard(core: Core) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The middleware: API key first, then the handler, with every failure as a JSON error."""
+def make_api_guard(
+    core: Core, sessions: Sessions | None = None
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware: API key or page session first, then the handler, with every failure as a
+    JSON error."""
 
     @web.middleware
     async def api_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -139,10 +159,15 @@ def make_api_guard(core: Core) -> Callable[..., Awaitable[web.StreamResponse]]:
                 403, "forbidden_origin", "the API answers only pages served by this UI"
             )
         try:
-            require_api_key(request, core.api_key)
+            if not _page_session(request, sessions):
+                require_api_key(request, core.api_key)
             return await handler(request)
         except RequestError as exc:
             return error_response(400, exc.code, exc.message, exc.field)
+        except CsrfError:
+            return error_response(
+                403, "csrf", "this page's security token is missing or stale; reload the page"
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -156,6 +181,24 @@ def make_api_guard(core: Core) -> Callable[..., Awaitable[web.StreamResponse]]:
             return error_response(500, "internal", INTERNAL)
 
     return api_guard
+
+
+def _page_session(request: web.Request, sessions: Sessions | None) -> bool:
+    """True for a request from one of our pages: a live session cookie and that session's CSRF
+    token (webui/session.py). A session without its token is refused outright (403 csrf): the
+    cookie alone is what a forged cross-site request would carry. With an API key, the key decides."""
+    if sessions is None or api_key_from(request) is not None:
+        return False
+    session = sessions.known(request)
+    if session is None:
+        return False
+    if not sessions.token_matches(session, request):
+        raise CsrfError
+    return True
+
+
+class CsrfError(web.HTTPForbidden):
+    """A page session without its CSRF token."""
 
 
 def status_for(exc: Exception) -> tuple[int, str]:
@@ -259,7 +302,15 @@ class Api:
         album = self._album(request)
         offset = _query_int(request, "offset", 0, 0, 2**31)
         limit = _query_int(request, "limit", DEFAULT_FILES_PAGE, 1, MAX_FILES_PAGE)
-        return _json(reports.files(self.core, album, offset, limit))
+        page = reports.files(self.core, album, offset, limit)
+        # Capture times order the grid: read the ones not known yet, in the background.
+        thumbs = self.core.thumbnails
+        thumbs.index_later(
+            (f.cache_key, _opener(album, f))
+            for f in reports.on_disk(album)
+            if thumbs.meta(f.cache_key) is None
+        )
+        return _json(page)
 
     async def list_trash(self, request: web.Request) -> web.Response:
         return _json(await reports.trash(self._album(request)))
@@ -360,7 +411,77 @@ class Api:
         await self.core.relays.remove(body["uri"])
         return _json(reports.relays(self.core))
 
+    # --- photos, cover, history, trash, nearby (the pages' needs) ------------------------------
+
+    async def thumbnail(self, request: web.Request) -> web.Response:
+        album, found = self._file(request)
+        thumb = await self.core.thumbnails.thumbnail(found.cache_key, _opener(album, found))
+        if thumb is None:
+            return web.Response(
+                body=GENERIC_TILE,
+                content_type="image/svg+xml",
+                headers={"Content-Security-Policy": USER_BYTES_CSP, "X-Albumsync-Tile": "generic"},
+            )
+        return web.Response(
+            body=thumb,
+            content_type="image/jpeg",
+            headers={"Content-Security-Policy": USER_BYTES_CSP},
+        )
+
+    async def original(self, request: web.Request) -> web.StreamResponse:
+        album, found = self._file(request)
+        fd = await asyncio.to_thread(_opener(album, found))
+        try:
+            head = await asyncio.to_thread(os.pread, fd, SNIFF_BYTES, 0)
+            response = web.StreamResponse(headers=_original_headers(found.path, sniff(head)))
+            response.content_length = found.size
+            await response.prepare(request)
+            offset = 0
+            while offset < found.size:
+                want = min(ORIGINAL_CHUNK, found.size - offset)
+                data = await asyncio.to_thread(os.pread, fd, want, offset)
+                if not data:
+                    break
+                await response.write(data)
+                offset += len(data)
+            await response.write_eof()
+            return response
+        finally:
+            os.close(fd)
+
+    async def set_cover(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"file": Field(str, max_chars=2 * FILE_KEY_BYTES)})
+        album = self._album(request)
+        key = _file_key(body["file"]) if body.get("file") else None
+        await self.engine.set_cover(album.album_id, key)
+        return await self._summary(album)
+
+    async def history(self, request: web.Request) -> web.Response:
+        return _json(reports.history(self.core, self._album(request)))
+
+    async def restore_from_trash(self, request: web.Request) -> web.Response:
+        body = await read_body(
+            request, {"trash_path": Field(str, required=True, max_chars=MAX_PATH_CHARS)}
+        )
+        album = self._album(request)
+        restored = await self.engine.restore_from_trash(album.album_id, body["trash_path"])
+        return _json({"album_id": album.printable_id, "restored": restored})
+
+    async def list_nearby(self, request: web.Request) -> web.Response:
+        return _json(reports.nearby(self.core))
+
     # --- helpers --------------------------------------------------------------------------------
+
+    def _file(self, request: web.Request) -> tuple[Album, reports.Located]:
+        """The album and the file its listing calls {file}; 404 if there is none, 409 if this
+        device does not hold that version yet."""
+        album = self._album(request)
+        found = reports.locate(album, request.match_info["file"])
+        if found is None:
+            raise AlbumNotFoundError("no file with that ID in this album (see its files listing)")
+        if not found.on_disk:
+            raise FileChangedError("this photo is not on this device yet; it is being synced")
+        return album, found
 
     def _album(self, request: web.Request) -> Album:
         return self._album_by_text(request.match_info["album"], "album")
@@ -519,6 +640,53 @@ def _peer_address(text: str) -> str:
     if parts.scheme != "tcp" or not parts.hostname or not port or not plain:
         raise RequestError("invalid", problem, "address")
     return text
+
+
+def _opener(album: Album, found: reports.Located) -> Callable[[], int]:
+    """Opens the file in the album folder (symlink-safe) and checks it is the listed version."""
+    folder = album.folder
+    if folder is None:
+        raise FileChangedError("the album has no folder on this device")
+
+    def open_fd() -> int:
+        fd = folder.open_read(found.path)
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != (found.size, found.mtime_ns):
+            os.close(fd)
+            raise FileChangedError("the file changed since it was scanned; try again in a moment")
+        return fd
+
+    return open_fd
+
+
+def _original_headers(path: str, image_type: str | None) -> dict[str, str]:
+    """Images the browser can show are served inline with the type sniffed here; anything else is
+    a download. Either way, the bytes run sandboxed should a browser ever render them (W7)."""
+    name = PurePosixPath(path).name
+    fallback = "".join(c if (c.isascii() and c.isalnum()) or c in "._- " else "_" for c in name)
+    disposition = "inline" if image_type else "attachment"
+    return {
+        # Streamed: sent before the security_headers middleware sees the response.
+        **SECURITY_HEADERS,
+        "Cache-Control": "no-store",
+        "Content-Type": image_type or "application/octet-stream",
+        "Content-Disposition": f'{disposition}; filename="{fallback}"; '
+        f"filename*=UTF-8''{quote(name, safe='')}",
+        "Content-Security-Policy": USER_BYTES_CSP,
+    }
+
+
+def _file_key(text: str) -> tuple[bytes, bytes]:
+    """A published file's ID (author key + file ID, in hex) as its manifest key."""
+    try:
+        raw = bytes.fromhex(text) if len(text) == 2 * FILE_KEY_BYTES else b""
+    except ValueError:
+        raw = b""
+    if not raw:
+        raise RequestError(
+            "invalid", "'file' must be the ID of a published photo from the files listing", "file"
+        )
+    return raw[:PUBLIC_KEY_SIZE], raw[PUBLIC_KEY_SIZE:]
 
 
 def _origin_allowed(origin: str | None) -> bool:

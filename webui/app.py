@@ -9,30 +9,33 @@ from aiohttp import web
 
 from daemon.core import Core
 from webui.api import setup_api
+from webui.pages import CORE, SESSIONS, TEMPLATES, setup_pages
 from webui.security import make_host_check, security_headers
+from webui.session import Sessions
 
-CORE: web.AppKey[Core] = web.AppKey("core", Core)
-TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
 HERE = Path(__file__).resolve().parent
+__all__ = ["CORE", "SESSIONS", "TEMPLATES", "create_app"]
 
 
 def create_app(core: Core) -> web.Application:
     app = web.Application(
         middlewares=[make_host_check(), security_headers], client_max_size=1024 * 1024
     )
+    sessions = Sessions()
     app[CORE] = core
+    app[SESSIONS] = sessions
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
     )
-    app.router.add_get("/", index_page)
-    setup_api(app, core)
-    app.router.add_static("/static/", HERE / "static", append_version=True)
+    setup_pages(app)
+    setup_api(app, core, sessions)
+    app.router.add_static("/static/", HERE / "static", append_version=True, name="static")
+    app.on_cleanup.append(_close_thumbnails)
     return app
 
 
-async def index_page(request: web.Request) -> web.Response:
-    status = await request.app[CORE].status()
-    html = request.app[TEMPLATES].get_template("index.html").render(status=status)
-    return web.Response(text=html, content_type="text/html")
+async def _close_thumbnails(app: web.Application) -> None:
+    if "thumbnails" in vars(app[CORE]):  # only if a page or call ever made it
+        app[CORE].thumbnails.close()

@@ -21,6 +21,12 @@ ALBUM_ID: Schema = {"type": "string", "description": "album ID, 52 characters of
 DEVICE_ID: Schema = {"type": "string", "description": "device ID in Syncthing's printed form"}
 INVITE_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 ROLE_IN: Schema = {"type": "string", "enum": ["viewer", "editor"]}
+FILE_ID: Schema = {
+    "type": "string",
+    "maxLength": 96,
+    "description": "a file's ID from the files listing: 96 hex digits, or local- and 32 for a "
+    "file that is not published",
+}
 FOLDER: Schema = {"type": "string", "maxLength": 4096, "description": "absolute folder path"}
 
 
@@ -81,6 +87,7 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "hex hashes of the two entries the owner signed for one position",
             },
             "problems": {"type": "array", "items": STR},
+            "cover": {**OPT_STR, "description": "file ID of the cover, as in the files listing"},
         }
     ),
     "MemberInfo": _object(
@@ -98,11 +105,16 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "FileInfo": _object(
         {
+            "id": FILE_ID,
             "path": STR,
             "size": INT,
             "added_by_device": DEVICE_ID,
             "added_by_name": STR,
             "captured_at": OPT_INT,
+            "captured": {
+                **OPT_INT,
+                "description": "capture time (unix s): as published, else from EXIF; orders the list",
+            },
             "mtime_ns": INT,
             "local": {
                 "type": "string",
@@ -158,6 +170,41 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Activity": _object({"at": INT, "album_id": OPT_STR, "kind": STR, "text": STR}),
+    "HistoryEntry": _object(
+        {
+            "seq": INT,
+            "at": INT,
+            "kind": {
+                "type": "string",
+                "enum": [
+                    "created",
+                    "invited",
+                    "role",
+                    "removed",
+                    "accepted",
+                    "declined",
+                    "left",
+                    "renamed",
+                    "cover",
+                    "deleted",
+                    "rotated",
+                ],
+            },
+            "actor": STR,
+            "subject": STR,
+            "text": STR,
+        }
+    ),
+    "NearbyInfo": _object(
+        {
+            "device_id": DEVICE_ID,
+            "name": STR,
+            "addresses": {"type": "array", "items": STR},
+            "last_seen": OPT_NUM,
+            "connected": BOOL,
+        }
+    ),
+    "Restored": _object({"album_id": ALBUM_ID, "restored": STR}),
     "RelayInfo": _object(
         {
             "uri": {**STR, "description": "relay://HOST:PORT/?id=RELAY-ID (never its token)"},
@@ -225,6 +272,16 @@ def _param(name: str, schema: Schema, where: str = "path") -> Schema:
 
 
 ALBUM_PARAM = _param("album", ALBUM_ID)
+FILE_PARAM = _param("file", FILE_ID)
+BINARY = "application/octet-stream"
+
+
+def _bytes(*types: str) -> Schema:
+    """A response of file bytes in one of `types`, or a JSON error."""
+    content = {kind: {"schema": {"type": "string", "contentMediaType": kind}} for kind in types}
+    return {"200": {"description": "the bytes", "content": content}, **ERRORS}
+
+
 DEVICE_PARAM = _param("device", DEVICE_ID)
 ALBUM_SUMMARY = _ref("AlbumSummary")
 MEMBERS = _list("MemberInfo")
@@ -390,6 +447,51 @@ PATHS: dict[str, Schema] = {
             "requestBody": _body({"uri": {**STR, "pattern": "^relay://"}}, ["uri"]),
             "responses": _ok(_list("RelayInfo")),
         },
+    },
+    "/api/v1/albums/{album}/files/{file}/thumbnail": {
+        "parameters": [ALBUM_PARAM, FILE_PARAM],
+        "get": {
+            "summary": "a JPEG thumbnail (320 px), or a generic SVG tile for a file that is not "
+            "an image (header X-Albumsync-Tile: generic)",
+            "responses": _bytes("image/jpeg", "image/svg+xml"),
+        },
+    },
+    "/api/v1/albums/{album}/files/{file}/original": {
+        "parameters": [ALBUM_PARAM, FILE_PARAM],
+        "get": {
+            "summary": "the file: inline with its sniffed type if a browser can show it as an "
+            "image, otherwise application/octet-stream as an attachment; always CSP sandbox",
+            "responses": _bytes("image/jpeg", "image/png", "image/gif", "image/webp", BINARY),
+        },
+    },
+    "/api/v1/albums/{album}/cover": {
+        "parameters": [ALBUM_PARAM],
+        "post": {
+            "summary": "set the album cover to a published photo, or clear it with null (owner)",
+            "requestBody": _body({"file": {**FILE_ID, "type": ["string", "null"]}}, []),
+            "responses": _ok(ALBUM_SUMMARY),
+        },
+    },
+    "/api/v1/albums/{album}/history": {
+        "parameters": [ALBUM_PARAM],
+        "get": {
+            "summary": "the verified membership log in words, oldest first",
+            "responses": _ok(_list("HistoryEntry")),
+        },
+    },
+    "/api/v1/albums/{album}/trash/restore": {
+        "parameters": [ALBUM_PARAM],
+        "post": {
+            "summary": "move a file from the album trash back into the folder",
+            "requestBody": _body({"trash_path": {**STR, "maxLength": 4096}}, ["trash_path"]),
+            "responses": _ok(_ref("Restored")),
+        },
+    },
+    "/api/v1/nearby": {
+        "get": {
+            "summary": "devices announced on the LAN (unverified until they connect)",
+            "responses": _ok(_list("NearbyInfo")),
+        }
     },
     "/api/v1/activity": {
         "parameters": [
