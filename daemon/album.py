@@ -6,6 +6,7 @@ the view after any change. Deciding what to do about a change is `daemon/planner
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from protocol.ids import AlbumId, DeviceId
 from protocol.keys import DeviceKey
 from protocol.manifest_builders import AuthorChain
 from protocol.manifest_state import ManifestState
-from protocol.membership import MembershipState, Status
+from protocol.membership import MembershipState, Status, member_name
 from protocol.membership_log import MembershipLog
 from protocol.rights import Role
 
@@ -73,6 +74,10 @@ class Album:
     problems: list[str] = field(default_factory=list)
     rejected_count: int = 0
     heard_from_peer: bool = False  # a member told us its manifest heads since this daemon started
+    # (membership state, key count) -> names: rebuilt only when either changes (see member_names).
+    _names: tuple[MembershipState, int, dict[DeviceId, str]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def membership(self) -> MembershipState:
@@ -127,6 +132,24 @@ class Album:
         except VerificationError:
             return "(name unreadable)"
 
+    def member_names(self) -> dict[DeviceId, str]:
+        """Device -> the name each member sealed into its accept, for the ones this device reads.
+
+        Cached: reports ask for a name per file, and the membership state is a new object
+        whenever the log or a statement changes it.
+        """
+        state = self.membership
+        cached = self._names
+        if cached is not None and cached[0] is state and cached[1] == len(self.keys):
+            return cached[2]
+        names: dict[DeviceId, str] = {}
+        for key, member in state.log_members.items():
+            name = member_name(state, key, self.keys)
+            if name is not None:
+                names[DeviceId.from_certificate(member.cert)] = name
+        self._names = (state, len(self.keys), names)
+        return names
+
     def refresh_keys(self) -> dict[int, bytes]:
         """Open every epoch key sealed to this device; returns the ones that are new."""
         try:
@@ -153,3 +176,12 @@ class Album:
         epoch = self.membership.epoch
         key = self.keys.get(epoch)
         return (epoch, key) if key is not None else None
+
+
+def sealed_member_name(albums: Iterable[Album], device: DeviceId) -> str | None:
+    """The name `device` sealed into its accept in one of `albums` (for devices never met)."""
+    for album in albums:
+        name = album.member_names().get(device)
+        if name is not None:
+            return name
+    return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.album import Album, LocalFile
+from daemon.album import Album, LocalFile, sealed_member_name
 from daemon.config import Config
 from daemon.connection import Connection, ConnectionClosedError, PeerInfo
 from daemon.errors import AlbumNotFoundError, ConfigError, DaemonError, NotPermittedError
@@ -759,7 +759,9 @@ class Engine:
         target.mkdir(parents=True, exist_ok=True)
         folder = AlbumFolder(target, album_id)
         folder.create_marker()
-        envelope = build_accept(album.membership, self.identity.key, now=_now())
+        envelope = build_accept(
+            album.membership, self.identity.key, now=_now(), name=self.identity.name, rng=os.urandom
+        )
         album.log.add_statement(envelope)
         await self.store.add_statement(
             album_id, statements.decode_statement(envelope).hash, envelope
@@ -998,7 +1000,11 @@ class Engine:
         return album
 
     def _name(self, device: DeviceId) -> str:
-        return self.peer_names.get(device) or device.short
+        return (
+            self.peer_names.get(device)
+            or sealed_member_name(self.albums.values(), device)
+            or device.short
+        )
 
     def _count(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from daemon.errors import ConfigError, NotInitialisedError
@@ -30,8 +31,8 @@ class Identity:
 
 
 def check_device_name(name: str) -> str:
-    """A device name people see on other devices: 1-64 printable characters."""
-    cleaned = name.strip()
+    """A device name people see on other devices: 1-64 printable characters, in NFC (as sealed)."""
+    cleaned = unicodedata.normalize("NFC", name.strip())
     if not cleaned or len(cleaned) > MAX_DEVICE_NAME or not cleaned.isprintable():
         raise ConfigError(f"a device name is 1 to {MAX_DEVICE_NAME} printable characters")
     return cleaned

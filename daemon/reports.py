@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.album import Album, LocalFile
+from daemon.album import Album, LocalFile, sealed_member_name
 from daemon.engine import fork_text
 from daemon.model import (
     Activity,
@@ -263,12 +263,16 @@ def relays(core: Core) -> list[RelayInfo]:
 
 
 def device_name(core: Core, device: DeviceId | None) -> str:
-    """The name a device gave itself (this device's own name for itself), else its short ID."""
+    """The name a device gave itself: in its hello, else sealed in its accept; else its short ID."""
     if device is None:
         return ""
     if device == core.identity.device_id:
         return core.identity.name
-    return core.engine.peer_names.get(device) or device.short
+    return (
+        core.engine.peer_names.get(device)
+        or sealed_member_name(core.engine.albums.values(), device)
+        or device.short
+    )
 
 
 def _member(core: Core, album: Album, key: bytes, role: str, status: str) -> MemberInfo:

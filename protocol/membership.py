@@ -41,6 +41,9 @@ with explicit calls that take its keys: `album_name(keys)`, `cover(keys)` (keys:
 key, as `epoch_keys(device)` returns) and `invite_message(member, device)`. Each returns None when
 the device lacks the key, and raises VerificationError (DECRYPT_FAILED, MALFORMED) when it holds
 the key but the owner sealed something that does not open or is not a valid value.
+A member's device name comes from its own accept statement (recorded or not yet), sealed under the
+key of the epoch its invite reached: `member_name(state, member, keys)` reads it, and returns None
+rather than raising when it does not open, since a peer's bad seal costs only the name.
 Certificates are checked: a genesis or invite carries the device certificate of the key it names
 (protocol/certificate.py), which holds nothing but that key (CN is the fixed "albumsync").
 """
@@ -109,6 +112,7 @@ class Member:
     invited_seq: int
     invited_epoch: int
     invited_at: int
+    sealed_name: bytes = b""  # the device name from this membership's recorded accept, if any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,8 +324,40 @@ def apply_signed_statement(state: MembershipState, signed: SignedStatement) -> M
     return replace(state, unrecorded=_put(state.unrecorded, said.member, (*held, signed)))
 
 
+def member_name(state: MembershipState, member: bytes, keys: Mapping[int, bytes]) -> str | None:
+    """The device name `member` sealed into its accept, read with `keys` (epoch -> album key).
+
+    None when the member gave no name, `keys` lacks its invite's epoch, or the seal does not open
+    or holds no valid name: the name is the member's own claim about itself, so a bad one only
+    means that people see its short ID instead.
+    """
+    invited = state.log_members.get(member)
+    if invited is None:
+        return None
+    sealed = _sealed_name(state, invited)
+    key = keys.get(invited.invited_epoch)
+    if not sealed or key is None:
+        return None
+    binding = membership_sealing.device_name_binding(state.album_id, member, invited.invite)
+    try:
+        return membership_sealing.open_device_name(sealed, key=key, associated_data=binding)
+    except VerificationError:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Private helpers
+
+
+def _sealed_name(state: MembershipState, member: Member) -> bytes:
+    """The sealed device name of `member`'s current membership: its accept, recorded or not."""
+    if member.sealed_name:
+        return member.sealed_name
+    for signed in state.unrecorded.get(member.key, ()):
+        said = signed.statement
+        if said.kind is StatementKind.ACCEPT and said.invite == member.invite:
+            return said.sealed_name
+    return b""
 
 
 class _Changes(TypedDict, total=False):
@@ -502,7 +538,7 @@ def _record(state: MembershipState, body: Record, epoch: int) -> _Changes:
     said = body.statement.statement
     member = _check_binding(state, said, accepted=False)
     if said.kind is StatementKind.ACCEPT:
-        active = replace(member, status=Status.ACTIVE)
+        active = replace(member, status=Status.ACTIVE, sealed_name=said.sealed_name)
         return {"log_members": _put(state.log_members, said.member, active)}
     _check_sealed_to(body.keys, state.readers() - {said.member})
     status = Status.LEFT if said.kind is StatementKind.LEAVE else Status.DECLINED

@@ -9,7 +9,8 @@ the envelope, to gossip and to `apply_statement`.
 
 Builders take plaintext (`name=`, `cover=`, `message=`), check it (the verifier cannot: it sees
 ciphertext only) and seal it (protocol/membership_sealing.py): names and covers under the entry's
-epoch key with a nonce from `rng`, messages to the invitee and the owner.
+epoch key with a nonce from `rng`, messages to the invitee and the owner, and a member's device
+name (`build_accept(name=)`) under the key of the epoch its invite reached, bound to the invite.
 """
 
 from __future__ import annotations
@@ -197,9 +198,21 @@ def build_rotate(
         return _write(state, owner, Rotate(keys=_next_epoch(state, state.readers(), rng)), now)
 
 
-def build_accept(state: MembershipState, member: DeviceKey, *, now: int) -> bytes:
-    """The member's acceptance of its current invite."""
-    return _state_statement(state, member, StatementKind.ACCEPT, now=now)
+def build_accept(
+    state: MembershipState,
+    member: DeviceKey,
+    *,
+    now: int,
+    name: str = "",
+    rng: Rng | None = None,
+) -> bytes:
+    """The member's acceptance of its current invite.
+
+    `name`, if given, is this device's name for the album's readers (the members who never meet
+    it see it instead of a short ID): sealed under the key of the epoch the invite reached, which
+    the invite sealed to the member, with a nonce from `rng`.
+    """
+    return _state_statement(state, member, StatementKind.ACCEPT, now=now, name=name, rng=rng)
 
 
 def build_decline(state: MembershipState, member: DeviceKey, *, now: int) -> bytes:
@@ -257,7 +270,14 @@ def _next_epoch(state: MembershipState, readers: frozenset[bytes], rng: Rng) -> 
 
 
 def _state_statement(
-    state: MembershipState, member: DeviceKey, kind: StatementKind, *, now: int, last_seq: int = 0
+    state: MembershipState,
+    member: DeviceKey,
+    kind: StatementKind,
+    *,
+    now: int,
+    last_seq: int = 0,
+    name: str = "",
+    rng: Rng | None = None,
 ) -> bytes:
     with _refusal():
         current = state.log_members.get(member.public)
@@ -270,9 +290,30 @@ def _state_statement(
             said = replace(said, epoch=state.epoch, last_seq=last_seq)
         else:
             said = replace(said, nonce=current.nonce)
+        if name:
+            said = replace(said, sealed_name=_seal_device_name(state, member, said, name, rng))
         envelope = sign_statement(member, said)
         apply_statement(state, envelope)
         return envelope
+
+
+def _seal_device_name(
+    state: MembershipState, member: DeviceKey, said: Statement, name: str, rng: Rng | None
+) -> bytes:
+    if rng is None:
+        raise LocalProtocolError("sealing a device name needs rng")
+    epoch = state.log_members[member.public].invited_epoch
+    key = state.epoch_key(member, epoch)
+    if key is None:
+        raise LocalProtocolError(f"this device does not hold the key of epoch {epoch}")
+    return membership_sealing.seal_device_name(
+        name,
+        key=key,
+        associated_data=membership_sealing.device_name_binding(
+            said.album, said.member, said.invite
+        ),
+        rng=rng,
+    )
 
 
 def _random(rng: Rng, size: int) -> bytes:

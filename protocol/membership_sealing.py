@@ -1,4 +1,4 @@
-"""The membership log's confidential fields: the album name, the cover and the invite message.
+"""The membership log's confidential fields: album name, cover, invite message and device names.
 
 The log is stored and relayed by parties that must not read it (a blind replica, a relay, the
 network), yet every one of them verifies it. So what names people or things is sealed and what
@@ -14,6 +14,12 @@ verification needs (keys, certificates, roles, seqs, epochs, nonces, hashes, tim
   (its UI lists pending invites with their message); members never read it. A sealed box has no
   associated data, so its plaintext starts with the album ID and the invite's nonce, checked when
   it is opened.
+- A member's device name travels in its accept statement (protocol/statements.py), sealed like the
+  album name under the key of the epoch its invite reached, so every reader of the album (and no
+  one else) learns who the member is without ever connecting to it. The member signs the statement,
+  so the name is its own claim about itself, as in its handshake. The associated data binds the
+  album, the member and the invite (`device_name_binding`): a name does not open in another album,
+  for another member or for another membership of the same device.
 
 Plaintexts are padded (0x80, then zeros) to a multiple of PAD_BLOCK bytes, the cover to one fixed
 size, so a ciphertext's length tells a range of lengths, not a length. A name or message that opens
@@ -25,11 +31,11 @@ VerificationError(MALFORMED); one that does not open with the key is DECRYPT_FAI
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from protocol import statements
 from protocol.epochs import EPOCH_KEY_SIZE
 from protocol.errors import DecodeError, LocalProtocolError, Reason, VerificationError
 from protocol.keys import SEAL_OVERHEAD, DeviceKey, Rng, seal
@@ -37,12 +43,19 @@ from protocol.keys import SEAL_OVERHEAD, DeviceKey, Rng, seal
 MAX_NAME_CHARS = 200
 MAX_MESSAGE_CHARS = 1000
 MAX_COVER_BYTES = 64
+# The handshake's limit (protocol.messages.MAX_DEVICE_NAME_CHARS, which imports this package's
+# statements and so cannot be imported here; a test checks they agree).
+MAX_DEVICE_NAME_CHARS = 64
+ALBUM_ID_SIZE = 32
+INVITE_HASH_SIZE = 32
+DEVICE_KEY_SIZE = 32
+INVITE_NONCE_SIZE = 16
 NONCE_SIZE = 24
 TAG_SIZE = 16
 PAD_BLOCK = 32
 COVER_PADDED_SIZE = 80  # every cover, even none, pads to this (> MAX_COVER_BYTES)
 _AEAD_OVERHEAD = NONCE_SIZE + TAG_SIZE
-_MESSAGE_BINDING_SIZE = statements.HASH_SIZE + statements.NONCE_SIZE  # album ID, invite nonce
+_MESSAGE_BINDING_SIZE = ALBUM_ID_SIZE + INVITE_NONCE_SIZE
 _MESSAGE_OVERHEAD = SEAL_OVERHEAD + _MESSAGE_BINDING_SIZE
 _UTF8_MAX = 4  # bytes per character
 
@@ -55,11 +68,14 @@ def _padded_size(size: int) -> int:
 MIN_SEALED_NAME_BYTES = _AEAD_OVERHEAD + PAD_BLOCK
 MAX_SEALED_NAME_BYTES = _AEAD_OVERHEAD + _padded_size(_UTF8_MAX * MAX_NAME_CHARS)
 SEALED_COVER_BYTES = _AEAD_OVERHEAD + COVER_PADDED_SIZE
+MIN_SEALED_DEVICE_NAME_BYTES = _AEAD_OVERHEAD + PAD_BLOCK
+MAX_SEALED_DEVICE_NAME_BYTES = _AEAD_OVERHEAD + _padded_size(_UTF8_MAX * MAX_DEVICE_NAME_CHARS)
 MIN_MESSAGE_BOX_BYTES = _MESSAGE_OVERHEAD + PAD_BLOCK
 MAX_MESSAGE_BOX_BYTES = _MESSAGE_OVERHEAD + _padded_size(_UTF8_MAX * MAX_MESSAGE_CHARS)
 
 _NAME_AD = b"albumsync/v1/membership-name\0"
 _COVER_AD = b"albumsync/v1/membership-cover\0"
+_DEVICE_NAME_AD = b"albumsync/v1/device-name\0"
 # Unicode category Cc: names and messages reach terminals (`albumsync status`) and logs.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CONTROL_EXCEPT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -91,7 +107,7 @@ def open_cover(sealed: bytes, *, key: bytes, associated_data: bytes) -> bytes:
 
 def seal_message(message: str, *, recipient: bytes, album: bytes, nonce: bytes) -> bytes:
     """An invite message sealed to `recipient`, bound to the album and the invite's nonce."""
-    if len(album) != statements.HASH_SIZE or len(nonce) != statements.NONCE_SIZE:
+    if len(album) != ALBUM_ID_SIZE or len(nonce) != INVITE_NONCE_SIZE:
         raise LocalProtocolError("an invite message binds a 32-byte album ID and a 16-byte nonce")
     padded = _pad(check_message(message).encode("utf-8"), PAD_BLOCK)
     return seal(recipient, album + nonce + padded)
@@ -106,6 +122,50 @@ def open_message(box: bytes, *, device: DeviceKey, album: bytes, nonce: bytes) -
         )
     padded = plaintext[_MESSAGE_BINDING_SIZE:]
     return check_message(_utf8(_unpad(padded, PAD_BLOCK, "invite message"), "invite message"))
+
+
+def device_name_binding(album: bytes, member: bytes, invite: bytes) -> bytes:
+    """The associated data of a member's sealed device name: album ID, member key, invite hash."""
+    sizes = (len(album), len(member), len(invite))
+    if sizes != (ALBUM_ID_SIZE, DEVICE_KEY_SIZE, INVITE_HASH_SIZE):
+        raise LocalProtocolError(
+            "a device name binds a 32-byte album ID, a 32-byte device key and a 32-byte invite hash"
+        )
+    return album + member + invite
+
+
+def seal_device_name(name: str, *, key: bytes, associated_data: bytes, rng: Rng) -> bytes:
+    """A device name, in NFC, checked, padded and encrypted under an epoch key."""
+    if not isinstance(name, str):
+        raise LocalProtocolError("the device name must be text")
+    plaintext = _pad(
+        check_device_name(unicodedata.normalize("NFC", name)).encode("utf-8"), PAD_BLOCK
+    )
+    return _encrypt(plaintext, key, _DEVICE_NAME_AD + associated_data, rng)
+
+
+def open_device_name(sealed: bytes, *, key: bytes, associated_data: bytes) -> str:
+    """The device name in `sealed`; DECRYPT_FAILED for another key or binding, MALFORMED if bad."""
+    plaintext = _decrypt(sealed, key, _DEVICE_NAME_AD + associated_data, "device name")
+    return check_device_name(_utf8(_unpad(plaintext, PAD_BLOCK, "device name"), "device name"))
+
+
+def check_device_name(name: str) -> str:
+    """The name if it is a valid device name: 1-64 printable characters in NFC.
+
+    Printable (str.isprintable) also excludes format characters, so bidi overrides and isolates
+    cannot disguise a name, and line separators cannot break a log line.
+    """
+    what = "device name"
+    _check_text(name, what, MAX_DEVICE_NAME_CHARS, allow_empty=False, control=_CONTROL)
+    if not name.isprintable():
+        bad = next(c for c in name if not c.isprintable())
+        raise VerificationError(
+            Reason.MALFORMED, f"the {what} contains the unprintable character U+{ord(bad):04X}"
+        )
+    if not unicodedata.is_normalized("NFC", name):
+        raise VerificationError(Reason.MALFORMED, f"the {what} is not in Unicode NFC")
+    return name
 
 
 def check_name(name: str) -> str:
@@ -136,6 +196,13 @@ def check_cover(cover: bytes) -> bytes:
 def check_sealed_name(sealed: bytes, what: str) -> bytes:
     """A sealed album name of a size some valid name encrypts to; DecodeError otherwise."""
     return _check_size(sealed, _AEAD_OVERHEAD, MIN_SEALED_NAME_BYTES, MAX_SEALED_NAME_BYTES, what)
+
+
+def check_sealed_device_name(sealed: bytes, what: str) -> bytes:
+    """A sealed device name of a size some valid name encrypts to; DecodeError otherwise."""
+    return _check_size(
+        sealed, _AEAD_OVERHEAD, MIN_SEALED_DEVICE_NAME_BYTES, MAX_SEALED_DEVICE_NAME_BYTES, what
+    )
 
 
 def check_sealed_cover(sealed: bytes, what: str) -> bytes:

@@ -6,10 +6,15 @@ the statement's bytes), which makes it final. Each statement names the album and
 invite entry that began this membership, so it cannot be replayed into another album or into a
 later membership of the same device after a re-invitation. Accept and decline repeat the invite's
 nonce; a leave names the key epoch it was made in and the member's last manifest sequence number.
+An accept may carry the member's device name, sealed for the album's readers
+(protocol/membership_sealing.py `seal_device_name`): a relay sees only its length in 32-byte steps,
+and the member's signature over the statement authenticates it.
 
 Wire form: envelope {"statement": bytes, "sig": bytes}; the statement is a canonical map with
 album, kind ("accept" | "decline" | "leave"), member, invite, at, and nonce (accept, decline) or
-epoch + last_seq (leave). The signer is `member`; the statement's hash is SHA-256 of the envelope.
+epoch + last_seq (leave); an accept adds sealed_name when it has one (omitted when empty, so an
+accept without a name has the same bytes as before names existed; an empty one is refused).
+The signer is `member`; the statement's hash is SHA-256 of the envelope.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, replace
 
+from protocol import membership_sealing
 from protocol.encoding import Limits, Reader, decode, encode
 from protocol.epochs import MAX_EPOCHS
 from protocol.errors import DecodeError, LocalProtocolError, VerificationError
@@ -28,6 +34,7 @@ HASH_SIZE = 32
 NONCE_SIZE = 16
 MAX_STATEMENT_BYTES = 1024
 MAX_SEQ = 2**63 - 1
+_SEALED_NAME = "sealed_name"
 
 _LIMITS = Limits(
     max_total=MAX_STATEMENT_BYTES,
@@ -48,7 +55,11 @@ class StatementKind(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class Statement:
-    """A member's statement; `nonce` is set for accept/decline, `epoch`/`last_seq` for leave."""
+    """A member's statement; `nonce` is set for accept/decline, `epoch`/`last_seq` for leave.
+
+    `sealed_name` (accept only, may be empty) is the member's device name as
+    `membership_sealing.seal_device_name` sealed it.
+    """
 
     album: bytes
     kind: StatementKind
@@ -58,6 +69,7 @@ class Statement:
     nonce: bytes = b""
     epoch: int = 0
     last_seq: int = 0
+    sealed_name: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +123,14 @@ def _fields(statement: Statement) -> dict[str, object]:
         if statement.epoch or statement.last_seq:
             raise LocalProtocolError("only a leave statement names an epoch and a last seq")
         fields["nonce"] = statement.nonce
+    if statement.sealed_name:
+        if statement.kind is not StatementKind.ACCEPT:
+            raise LocalProtocolError("only an accept statement carries a device name")
+        try:
+            membership_sealing.check_sealed_device_name(statement.sealed_name, "statement")
+        except DecodeError as err:
+            raise LocalProtocolError(err.message) from None
+        fields[_SEALED_NAME] = statement.sealed_name
     return fields
 
 
@@ -134,5 +154,10 @@ def _read(r: Reader) -> Statement:
         )
     else:
         statement = replace(statement, nonce=r.bytes("nonce", size=NONCE_SIZE))
+    if kind is StatementKind.ACCEPT and r.has(_SEALED_NAME):
+        # A decline or leave with a name falls to finish() as an unknown field.
+        sealed = r.bytes(_SEALED_NAME, max_len=membership_sealing.MAX_SEALED_DEVICE_NAME_BYTES)
+        membership_sealing.check_sealed_device_name(sealed, "statement: field 'sealed_name'")
+        statement = replace(statement, sealed_name=sealed)
     r.finish()
     return statement

@@ -11,7 +11,14 @@ from protocol.encoding import decode, encode
 from protocol.epochs import seal_epoch_key
 from protocol.errors import LocalProtocolError, Reason, VerificationError
 from protocol.keys import DeviceKey
-from protocol.membership import MembershipState, Status, apply, apply_statement, verify_genesis
+from protocol.membership import (
+    MembershipState,
+    Status,
+    apply,
+    apply_statement,
+    member_name,
+    verify_genesis,
+)
 from protocol.membership_builders import (
     build_accept,
     build_cover,
@@ -680,3 +687,64 @@ def test_sign_entry_is_deterministic() -> None:
     envelope = album.rename("Again")
     entry = decode_entry(envelope).entry
     assert sign_entry(OWNER, entry) == envelope
+
+
+# ---------------------------------------------------------------------------------------------
+# Device names: carried by the member's accept, kept by its membership
+
+
+def test_a_member_keeps_the_name_of_its_accept_whether_recorded_or_not() -> None:
+    album = Album()
+    album.invite(EDITOR)
+    accept = build_accept(album.state, EDITOR, now=NOW, name="Ottoline's phone", rng=os.urandom)
+    # A peer that holds only the statement (gossiped, not yet recorded) reads the name ...
+    peer = _log_of(album)
+    assert peer.add_statement(accept) is AddStatus.APPLIED
+    keys = peer.state.epoch_keys(OWNER)
+    assert member_name(peer.state, EDITOR.public, keys) == "Ottoline's phone"
+    assert peer.state.log_members[EDITOR.public].sealed_name == b""
+    # ... and after the owner's record the state keeps it in the member: same name, same state.
+    album.record(accept)
+    assert album.state.log_members[EDITOR.public].sealed_name != b""
+    assert member_name(album.state, EDITOR.public, keys) == "Ottoline's phone"
+    peer.add(album.envelopes[-1])
+    assert peer.state == album.state
+    assert member_name(peer.state, EDITOR.public, keys) == "Ottoline's phone"
+    # A blind replica holds the same state and reads no name.
+    assert member_name(_log_of(album).state, EDITOR.public, {}) is None
+
+
+def test_a_re_invited_member_has_no_name_until_it_accepts_again() -> None:
+    album = Album()
+    album.invite(EDITOR)
+    album.record(build_accept(album.state, EDITOR, now=NOW, name="Old laptop", rng=os.urandom))
+    album.remove(EDITOR)
+    assert member_name(album.state, EDITOR.public, album.state.epoch_keys(OWNER)) == "Old laptop"
+    album.invite(EDITOR)
+    assert member_name(album.state, EDITOR.public, album.state.epoch_keys(OWNER)) is None
+    album.record(build_accept(album.state, EDITOR, now=NOW, name="New laptop", rng=os.urandom))
+    assert member_name(album.state, EDITOR.public, album.state.epoch_keys(OWNER)) == "New laptop"
+    # Sealed under the epoch the second invite reached (1, after the remove): a member that only
+    # holds epoch 0's key does not read it.
+    assert album.state.log_members[EDITOR.public].invited_epoch == 1
+    only_first = {0: album.state.epoch_keys(OWNER)[0]}
+    assert member_name(album.state, EDITOR.public, only_first) is None
+
+
+def test_a_decline_or_leave_never_carries_a_name() -> None:
+    album = Album()
+    album.invite(DECLINER)
+    decline = build_decline(album.state, DECLINER, now=NOW)
+    said = Statement(
+        album=album.state.album_id,
+        kind=StatementKind.DECLINE,
+        member=DECLINER.public,
+        invite=album.state.log_members[DECLINER.public].invite,
+        nonce=album.state.log_members[DECLINER.public].nonce,
+        at=NOW,
+        sealed_name=bytes(72),
+    )
+    with pytest.raises(LocalProtocolError, match="only an accept"):
+        sign_statement(DECLINER, said)
+    album.record(decline)
+    assert member_name(album.state, DECLINER.public, album.state.epoch_keys(OWNER)) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 from dataclasses import replace
 
 import nacl.bindings as sodium
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 from protocol.epochs import MAX_EPOCHS, SEALED_KEY_SIZE
 from protocol.errors import DecodeError, LocalProtocolError, Reason, VerificationError
-from protocol.membership import MembershipState, apply
+from protocol.keys import DeviceKey
+from protocol.membership import MembershipState, apply, apply_statement, member_name
 from protocol.membership_builders import build_accept, build_cover, build_rename
 from protocol.membership_entries import (
     MAX_ENTRY_BYTES,
@@ -26,23 +28,31 @@ from protocol.membership_entries import (
 from protocol.membership_log import MembershipLog
 from protocol.membership_sealing import (
     MAX_COVER_BYTES,
+    MAX_DEVICE_NAME_CHARS,
     MAX_MESSAGE_BOX_BYTES,
     MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
+    MAX_SEALED_DEVICE_NAME_BYTES,
     MAX_SEALED_NAME_BYTES,
     MIN_MESSAGE_BOX_BYTES,
+    MIN_SEALED_DEVICE_NAME_BYTES,
     MIN_SEALED_NAME_BYTES,
     SEALED_COVER_BYTES,
     check_message_box,
+    check_sealed_device_name,
     check_sealed_name,
+    device_name_binding,
     open_cover,
+    open_device_name,
     open_message,
     open_name,
     seal_cover,
+    seal_device_name,
     seal_message,
     seal_name,
 )
 from protocol.rights import Role
+from protocol.statements import Statement, StatementKind, decode_statement, sign_statement
 from tests.protocol.membership_helpers import (
     DECLINER,
     EDITOR,
@@ -67,7 +77,15 @@ MESSAGES = {
     LEAVER: "Ptolemy, add yours when you can",
     LATECOMER: "",
 }
-SECRETS = [FIRST_NAME, SECOND_NAME, FINAL_NAME, COVER.decode(), *MESSAGES.values()]
+DEVICE_NAMES = {EDITOR: "Ottoline's Thinkpad", LEAVER: "Ptolemy Workstation"}
+SECRETS = [
+    FIRST_NAME,
+    SECOND_NAME,
+    FINAL_NAME,
+    COVER.decode(),
+    *MESSAGES.values(),
+    *DEVICE_NAMES.values(),
+]
 
 
 def _c9_album() -> Album:
@@ -75,7 +93,10 @@ def _c9_album() -> Album:
     album = Album(name=FIRST_NAME)
     for member in (EDITOR, LEAVER):
         album.invite(member, message=MESSAGES[member])
-        album.record(build_accept(album.state, member, now=NOW))
+        accept = build_accept(
+            album.state, member, now=NOW, name=DEVICE_NAMES[member], rng=os.urandom
+        )
+        album.record(accept)
     album.invite(VIEWER, Role.VIEWER, message=MESSAGES[VIEWER])
     album.invite(DECLINER, message=MESSAGES[DECLINER])
     album.decline(DECLINER)
@@ -100,7 +121,7 @@ def _proper_words(secret: str) -> list[str]:
 
 
 def test_C9_log_bytes_hold_no_names_or_messages() -> None:
-    """C9 (sans-I/O part): a replica's copy of the log names no album, cover or message."""
+    """C9 (sans-I/O part): a replica's copy of the log names no album, cover, message or device."""
     everything = b"".join([*C9.envelopes, *C9.statements])
     # The search works on what is clear: keys and the certificates' fixed CN are in the bytes.
     assert OWNER.public in everything
@@ -128,6 +149,8 @@ def test_C9_log_bytes_hold_no_names_or_messages() -> None:
     assert state.epoch_keys(STRANGER) == {}
     for member in MESSAGES:
         assert state.invite_message(member.public, STRANGER) is None
+    for member in DEVICE_NAMES:
+        assert member_name(state, member.public, {}) is None
 
     # A member with the keys reads the current name and cover; each invitee reads its message.
     keys = state.epoch_keys(EDITOR)
@@ -138,6 +161,12 @@ def test_C9_log_bytes_hold_no_names_or_messages() -> None:
         assert state.invite_message(member.public, OWNER) == message
         other = EDITOR if member is not EDITOR else VIEWER
         assert state.invite_message(member.public, other) is None, "members need not read it"
+    # Every reader, the owner included, reads the device names members sealed into their accepts
+    # (the leaver's too: who added a photo stays readable after the author left).
+    for reader in (OWNER, EDITOR, LATECOMER):
+        reader_keys = state.epoch_keys(reader)
+        for member, name in DEVICE_NAMES.items():
+            assert member_name(state, member.public, reader_keys) == name
 
 
 def test_C9_a_removed_member_cannot_read_names_set_after_its_removal() -> None:
@@ -296,6 +325,160 @@ def test_a_member_key_renames_nothing_and_the_owner_needs_its_epoch_key() -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+# Device names in accept statements: bound to album, member and invite; a bad one is no name
+
+
+def _named_accept(album: Album, member: DeviceKey, name: str) -> bytes:
+    album.invite(member)
+    return build_accept(album.state, member, now=NOW, name=name, rng=os.urandom)
+
+
+def _sealed_name_of(accept: bytes) -> bytes:
+    return decode_statement(accept).statement.sealed_name
+
+
+def _with_sealed_name(state: MembershipState, member: DeviceKey, sealed: bytes) -> bytes:
+    """`member`'s accept of its current invite carrying `sealed`, signed by the member itself."""
+    invited = state.log_members[member.public]
+    said = Statement(
+        album=state.album_id,
+        kind=StatementKind.ACCEPT,
+        member=member.public,
+        invite=invited.invite,
+        nonce=invited.nonce,
+        at=NOW,
+        sealed_name=sealed,
+    )
+    return sign_statement(member, said)
+
+
+def test_a_device_name_opens_only_for_its_album_member_and_invite() -> None:
+    here, there = Album(name="Here"), Album(name="There")
+    here.join(VIEWER)
+    mine = _named_accept(here, EDITOR, "Ottoline's phone")
+    theirs = _named_accept(there, EDITOR, "Ottoline's phone")
+    # Not recorded yet: every reader acts on the accept at once, the name with it.
+    state = apply_statement(here.state, mine)
+    for reader in (OWNER, EDITOR, VIEWER):
+        assert member_name(state, EDITOR.public, state.epoch_keys(reader)) == "Ottoline's phone"
+    assert member_name(state, EDITOR.public, {}) is None
+    assert member_name(state, STRANGER.public, state.epoch_keys(OWNER)) is None
+    assert member_name(state, VIEWER.public, state.epoch_keys(OWNER)) is None, "it gave none"
+
+    # The member's own seal from another album, re-signed into this album's accept: no name.
+    moved = apply_statement(
+        here.state, _with_sealed_name(here.state, EDITOR, _sealed_name_of(theirs))
+    )
+    assert member_name(moved, EDITOR.public, moved.epoch_keys(OWNER)) is None
+    # Another member replaying the editor's seal as its own: no name either.
+    here.invite(LATECOMER)
+    replayed = apply_statement(
+        here.state, _with_sealed_name(here.state, LATECOMER, _sealed_name_of(mine))
+    )
+    assert member_name(replayed, LATECOMER.public, replayed.epoch_keys(OWNER)) is None
+    # The same seal, its own member, but a later membership (another invite): no name.
+    here.record(mine)
+    assert member_name(here.state, EDITOR.public, here.state.epoch_keys(OWNER)) == (
+        "Ottoline's phone"
+    )
+    here.leave(EDITOR)
+    assert member_name(here.state, EDITOR.public, here.state.epoch_keys(OWNER)) == (
+        "Ottoline's phone"
+    ), "the name of a member that left stays readable"
+    here.invite(EDITOR)
+    assert member_name(here.state, EDITOR.public, here.state.epoch_keys(OWNER)) is None
+    again = apply_statement(
+        here.state, _with_sealed_name(here.state, EDITOR, _sealed_name_of(mine))
+    )
+    assert member_name(again, EDITOR.public, again.epoch_keys(OWNER)) is None
+    # At the binding level: each part of (album, member, invite) counts.
+    key, binding = os.urandom(32), device_name_binding(bytes(32), EDITOR.public, bytes(32))
+    sealed = seal_device_name("Laptop", key=key, associated_data=binding, rng=os.urandom)
+    assert open_device_name(sealed, key=key, associated_data=binding) == "Laptop"
+    for other in (
+        device_name_binding(b"\1" * 32, EDITOR.public, bytes(32)),
+        device_name_binding(bytes(32), VIEWER.public, bytes(32)),
+        device_name_binding(bytes(32), EDITOR.public, b"\1" * 32),
+    ):
+        with pytest.raises(VerificationError) as err:
+            open_device_name(sealed, key=key, associated_data=other)
+        assert err.value.reason is Reason.DECRYPT_FAILED
+
+
+def test_a_removed_member_cannot_read_the_names_of_members_invited_after_it() -> None:
+    album = Album()
+    album.join(VIEWER)
+    album.remove(VIEWER)
+    album.record(_named_accept(album, EDITOR, "New desktop"))
+    state = album.state
+    assert member_name(state, EDITOR.public, state.epoch_keys(OWNER)) == "New desktop"
+    assert member_name(state, EDITOR.public, state.epoch_keys(VIEWER)) is None
+
+
+def _padded(data: bytes) -> bytes:
+    marked = data + b"\x80"
+    return marked + bytes(-len(marked) % 32)
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "why"),
+    [
+        (_padded("evil\u202egpj.exe".encode()), "unprintable character U\\+202E"),
+        (_padded(b"tab\there"), "control character U\\+0009"),
+        (_padded("e\u0301".encode()), "not in Unicode NFC"),
+        (_padded(b" "), "is empty"),
+        (_padded(b"x" * 65), "longer than 64"),
+        (_padded(b"\xff"), "not valid UTF-8"),
+        (b"name" + bytes(28), "not padded canonically"),
+    ],
+)
+def test_a_device_name_that_is_not_a_name_is_malformed_and_reads_as_none(
+    plaintext: bytes, why: str
+) -> None:
+    album = Album()
+    album.invite(EDITOR)
+    state = album.state
+    invited = state.log_members[EDITOR.public]
+    key = state.epoch_keys(EDITOR)[invited.invited_epoch]
+    binding = device_name_binding(state.album_id, EDITOR.public, invited.invite)
+    nonce = os.urandom(24)
+    ad = b"albumsync/v1/device-name\0" + binding
+    sealed = nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key)
+    with pytest.raises(VerificationError, match=why) as err:
+        open_device_name(sealed, key=key, associated_data=binding)
+    assert err.value.reason is Reason.MALFORMED
+    accepted = apply_statement(
+        state, _with_sealed_name(state, EDITOR, sealed)
+    )  # blind: it can't tell
+    assert member_name(accepted, EDITOR.public, accepted.epoch_keys(OWNER)) is None
+    # Random bytes of a valid size (they do not open) read as no name as well.
+    garbage = _with_sealed_name(state, EDITOR, os.urandom(MIN_SEALED_DEVICE_NAME_BYTES))
+    accepted = apply_statement(state, garbage)
+    assert member_name(accepted, EDITOR.public, accepted.epoch_keys(OWNER)) is None
+
+
+def test_build_accept_seals_nfc_and_refuses_what_a_reader_would_refuse() -> None:
+    album = Album()
+    album.invite(EDITOR)
+    state = album.state
+    accept = build_accept(state, EDITOR, now=NOW, name="Ame\u0301lie's Mac", rng=os.urandom)
+    named = apply_statement(state, accept)
+    assert member_name(named, EDITOR.public, named.epoch_keys(OWNER)) == "Am\u00e9lie's Mac"
+    for bad, why in (
+        ("x" * (MAX_DEVICE_NAME_CHARS + 1), "longer than 64"),
+        ("\u202eevil", "unprintable"),
+        ("line\nbreak", "control character"),
+        ("   ", "is empty"),
+    ):
+        with pytest.raises(LocalProtocolError, match=why):
+            build_accept(state, EDITOR, now=NOW, name=bad, rng=os.urandom)
+    with pytest.raises(LocalProtocolError, match="needs rng"):
+        build_accept(state, EDITOR, now=NOW, name="Laptop")
+    # No name: the accept is the one it always was.
+    assert decode_statement(build_accept(state, EDITOR, now=NOW)).statement.sealed_name == b""
+
+
+# ---------------------------------------------------------------------------------------------
 # Sizes: what the length of a ciphertext tells, and the bounds a keyless verifier enforces
 
 
@@ -318,6 +501,15 @@ def test_sealed_sizes_tell_a_range_not_a_length() -> None:
         assert len(box) == size
         assert check_message_box(box, "box") == box
         assert open_message(box, device=EDITOR, album=album, nonce=nonce) == message
+
+
+def test_sealed_device_names_tell_a_range_not_a_length() -> None:
+    def size(name: str) -> int:
+        return len(seal_device_name(name, key=bytes(32), associated_data=b"", rng=os.urandom))
+
+    assert {size(name) for name in ("A", "Bob's phone", "x" * 31)} == {MIN_SEALED_DEVICE_NAME_BYTES}
+    assert size("x" * 32) == MIN_SEALED_DEVICE_NAME_BYTES + 32
+    assert size("\U0001f600" * MAX_DEVICE_NAME_CHARS) == MAX_SEALED_DEVICE_NAME_BYTES
 
 
 def test_the_largest_invite_fits_an_entry() -> None:
@@ -350,6 +542,7 @@ def test_A2_opening_random_bytes_raises_only_verification_errors(data: bytes, ke
         lambda: open_name(data, key=key, associated_data=b""),
         lambda: open_cover(data, key=key, associated_data=b""),
         lambda: open_message(data, device=EDITOR, album=bytes(32), nonce=bytes(16)),
+        lambda: open_device_name(data, key=key, associated_data=b""),
     ):
         with pytest.raises(VerificationError):
             call()
@@ -357,6 +550,8 @@ def test_A2_opening_random_bytes_raises_only_verification_errors(data: bytes, ke
         check_sealed_name(data, "name")
     with contextlib.suppress(DecodeError):
         check_message_box(data, "box")
+    with contextlib.suppress(DecodeError):
+        check_sealed_device_name(data, "device name")
 
 
 @settings(max_examples=100, deadline=None)
@@ -382,3 +577,21 @@ def test_seal_message_refuses_what_it_cannot_bind_or_bound() -> None:
         seal_message(too_long, recipient=EDITOR.public, album=bytes(32), nonce=bytes(16))
     with pytest.raises(LocalProtocolError, match="binds a 32-byte album ID"):
         seal_message("m", recipient=EDITOR.public, album=bytes(31), nonce=bytes(16))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64).filter(
+        lambda text: text.strip() != "" and text.isprintable()
+    )
+)
+def test_device_names_round_trip_in_nfc_within_the_checked_sizes(name: str) -> None:
+    key, ad = os.urandom(32), device_name_binding(bytes(32), EDITOR.public, bytes(32))
+    nfc = unicodedata.normalize("NFC", name)
+    if len(nfc) > MAX_DEVICE_NAME_CHARS:  # NFC can lengthen a few scripts' names
+        with pytest.raises(VerificationError):
+            seal_device_name(name, key=key, associated_data=ad, rng=os.urandom)
+        return
+    sealed = seal_device_name(name, key=key, associated_data=ad, rng=os.urandom)
+    assert check_sealed_device_name(sealed, "device name") == sealed
+    assert open_device_name(sealed, key=key, associated_data=ad) == nfc
