@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="household relay relay://HOST:PORT/?id=RELAY-ID (repeatable); joined, and put in invite codes",
     )
+    p.add_argument(
+        "--rescan",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="full scan of every album folder this often, besides watching it (default 60)",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="start a three-device household on this machine")
     p.add_argument(
@@ -163,8 +170,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
         listen_port=listen_port,
         mdns=not args.no_mdns,
         relays=tuple(check_relay_uri(uri) for uri in args.relay),
+        rescan_interval=_rescan(args.rescan),
     )
     return await run_daemon(config, create_app)
+
+
+def _rescan(seconds: float) -> float:
+    if not 1.0 <= seconds <= 86_400.0:
+        raise ConfigError("--rescan is between 1 and 86400 seconds")
+    return seconds
 
 
 # --- commands that talk to the running daemon -------------------------------------------------

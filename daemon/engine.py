@@ -1076,6 +1076,31 @@ class Engine:
         self.publisher.schedule(album)  # type: ignore[attr-defined]
         return restored
 
+    async def relocate_album(self, album_id: bytes, path: Path) -> Album:
+        """Point an album at the folder it was moved to: the folder's marker must name it.
+
+        Nothing else re-associates a folder: a folder without the marker could be an empty disk
+        mounted in its place, and adopting it would read as "every photo was deleted".
+        """
+        album = self.album(album_id)
+        if album.state != "active":
+            raise NotPermittedError(
+                f"the album is {album.state}; only an active album has a folder"
+            )
+        others = {k: a for k, a in self.albums.items() if k != album_id}
+        target = _check_album_path(path, others)
+        await asyncio.to_thread(AlbumFolder(target, album_id).require_ok)
+        if album.path == target:
+            return album
+        old = album.path
+        album.path = target
+        await self.store.set_album_state(album_id, album.state, str(target))
+        await self.activity(album, "folder", f"{album.name()} now lives in {target} (was {old})")
+        self.publisher.albums_changed()  # type: ignore[attr-defined]
+        self.publisher.schedule(album)  # type: ignore[attr-defined]
+        await self.refresh_album(album)
+        return album
+
 
 _HANDLERS: dict[type[Message], Callable[[Engine, Connection, Any], Awaitable[None]]] = {
     Hello: Engine.on_hello,

@@ -842,6 +842,11 @@ def _bad_marker(root: Path) -> FolderUnavailableError:
     )
 
 
+def folder_problem(state: FolderState, root: Path) -> str:
+    """What a person reads about a folder that is not OK: what happened, and what to do."""
+    return _state_message(state, root)
+
+
 def _state_message(state: FolderState, root: Path) -> str:
     return {
         FolderState.OK: f"{root} is ready",

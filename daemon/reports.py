@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from daemon.album import Album, LocalFile, sealed_member_name
 from daemon.engine import fork_text
+from daemon.files import FolderState, folder_problem
 from daemon.model import (
     Activity,
     AlbumSummary,
@@ -76,7 +77,9 @@ async def album_summary(core: Core, album: Album) -> AlbumSummary:
         progress=progress(core, album),
         fork=album.membership.fork is not None or bool(album.view and album.view.forks),
         fork_hashes=tuple(h.hex() for h in fork.hashes) if fork else (),
-        problems=tuple(album.problems) + ((fork_text(fork.seq, fork.hashes),) if fork else ()),
+        problems=tuple(album.problems)
+        + ((fork_text(fork.seq, fork.hashes),) if fork else ())
+        + _folder_problem(album, folder_state),
         cover=cover_id(album),
     )
 
@@ -260,6 +263,12 @@ def relays(core: Core) -> list[RelayInfo]:
         )
         for entry in core.relays.entries()
     ]
+
+
+def _folder_problem(album: Album, state: FolderState | None) -> tuple[str, ...]:
+    if album.path is None or state is None or state is FolderState.OK:
+        return ()
+    return (folder_problem(state, album.path),)
 
 
 def device_name(core: Core, device: DeviceId | None) -> str:

@@ -114,6 +114,7 @@ def setup_api(app: web.Application, core: Core, sessions: Sessions | None = None
         ("POST", "/albums", api.create_album),
         ("GET", "/albums/{album}", api.get_album),
         ("POST", "/albums/{album}/rename", api.rename_album),
+        ("POST", "/albums/{album}/folder", api.relocate_album),
         ("POST", "/albums/{album}/leave", api.leave_album),
         ("POST", "/albums/{album}/delete", api.delete_album),
         ("POST", "/albums/{album}/stop-sharing", api.stop_sharing),
@@ -262,6 +263,14 @@ class Api:
         )
         album = self._album(request)
         await self.engine.rename_album(album.album_id, _album_name(body["name"]))
+        return await self._summary(album)
+
+    async def relocate_album(self, request: web.Request) -> web.Response:
+        body = await read_body(
+            request, {"path": Field(str, required=True, max_chars=MAX_PATH_CHARS)}
+        )
+        album = self._album(request)
+        await self.engine.relocate_album(album.album_id, _absolute_path(body["path"], "path"))
         return await self._summary(album)
 
     async def leave_album(self, request: web.Request) -> web.Response:

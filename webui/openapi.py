@@ -316,6 +316,14 @@ PATHS: dict[str, Schema] = {
             "responses": _ok(ALBUM_SUMMARY),
         },
     },
+    "/api/v1/albums/{album}/folder": {
+        "parameters": [ALBUM_PARAM],
+        "post": {
+            "summary": "point the album at the folder it was moved to (its marker must name it)",
+            "requestBody": _body({"path": {**STR, "maxLength": 4096}}, ["path"]),
+            "responses": _ok(ALBUM_SUMMARY),
+        },
+    },
     "/api/v1/albums/{album}/leave": {
         "parameters": [ALBUM_PARAM],
         "post": {
