@@ -113,6 +113,7 @@ class Core:
         if self.discovery is not None:
             await self.discovery.stop()
         await self.engine.peers.stop()
+        await self.engine.transfers.stop()  # type: ignore[attr-defined]
 
     def _seen_nearby(self, device_id: str, addresses: list[tuple[str, int]]) -> None:
         """A LAN announcement: dial it if it shares an album with us (the handshake proves who it is)."""

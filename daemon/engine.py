@@ -21,6 +21,7 @@ from typing import Any
 from daemon.album import Album, LocalFile, sealed_member_name
 from daemon.config import Config
 from daemon.connection import Connection, ConnectionClosedError, PeerInfo
+from daemon.crashpoints import crashpoint
 from daemon.errors import AlbumNotFoundError, ConfigError, DaemonError, NotPermittedError
 from daemon.files import AlbumFolder, FolderState
 from daemon.identity import Identity
@@ -400,8 +401,10 @@ class Engine:
 
     async def _append_own_entry(self, album: Album, envelope: bytes) -> list[bytes]:
         added = album.log.add(envelope)
+        crashpoint("own_entry.in_memory")
         for entry in added.applied:
             await self._store_log_entry(album, entry)
+        crashpoint("own_entry.stored")
         return list(added.applied)
 
     async def on_manifest_heads(self, conn: Connection, message: ManifestHeads) -> None:
@@ -435,8 +438,15 @@ class Engine:
         if fresh:
             await self._forward(album, ManifestEntries, fresh, exclude=conn)
             await self.refresh_album(album)
-        if len(message.entries) >= MAX_BATCH_ITEMS:
-            await self._send_heads(conn, album)
+        # A long history arrives one page per request: ask for the next page of each author this
+        # message advanced (an up-to-date peer answers nothing). Sending our own heads instead
+        # left a new member at the first 1,000 entries of an author until the next reconnect.
+        for author in {decode_manifest_entry(e).entry.author for e in fresh}:
+            after = album.manifest.head(author)[0]
+            request = ManifestRequest(
+                album=album.album_id, author=author, after_seq=after, limit=MAX_BATCH_ITEMS
+            )
+            await conn.send(request)
 
     async def add_manifest_entries(self, album: Album, envelopes: Iterable[bytes]) -> list[bytes]:
         """Verify and store manifest envelopes; returns the ones that were new."""
@@ -542,6 +552,7 @@ class Engine:
             relays=self.relay_uris()[:MAX_INVITE_RELAYS],
             rng=os.urandom,
         )
+        crashpoint("invite.created")
         await self.store.put_invite_out(
             {
                 "invite_id": code.invite_id,
@@ -556,6 +567,7 @@ class Engine:
                 "created_at": _now(),
             }
         )
+        crashpoint("invite.stored")
         await self.refresh_open_invites()
         await self.activity(
             album,
@@ -642,6 +654,7 @@ class Engine:
         await self.store.set_invite_out_state(
             message.invite_id, "redeemed", str(conn.peer.device_id)
         )
+        crashpoint("invite.redeemed")
         await self.refresh_open_invites()
         await self._send_invite(conn, album, Role.parse(row["role"]), row["message"])
 
@@ -661,6 +674,7 @@ class Engine:
             )
             written = await self._append_own_entry(album, entry)
             await self._forward(album, LogEntries, written, exclude=conn)
+            crashpoint("invite.entry_stored")
             await self.activity(
                 album, "invite", f"{peer.name} was invited to {album.name()} as {role.label}"
             )
@@ -669,6 +683,7 @@ class Engine:
             e for e in album.log.envelopes() if membership_entries.decode_entry(e).hash == invite
         )
         await conn.send(InviteOffer(album=album.album_id, entry=envelope))
+        crashpoint("invite.offer_sent")
         for batch in _batches(album.log.envelopes()):
             await conn.send(LogEntries(album=album.album_id, entries=batch))
         await self._send_heads(conn, album)
@@ -904,6 +919,7 @@ class Engine:
             now=_now(),
             rng=os.urandom,
         )
+        crashpoint("rotation.key_made")
         await self._owner_change(
             album, entry, f"{self._name(device)} was removed from {album.name()}"
         )
@@ -966,8 +982,10 @@ class Engine:
     async def _owner_change(self, album: Album, envelope: bytes, text: str) -> None:
         written = await self._append_own_entry(album, envelope)
         await self._store_new_keys(album)
+        crashpoint("owner_change.keys_stored")
         await self._update_album_state(album)
         await self._forward(album, LogEntries, written, exclude=None)
+        crashpoint("owner_change.broadcast")
         await self.activity(album, "membership", text)
         await self.refresh_album(album)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daemon.album import Album, LocalFile
-from daemon.files import FolderError, FolderState
+from daemon.files import FileChangedError, FolderError, FolderState
 from daemon.scanner import HashedFile, KnownFile, ScannedFile, hash_file_blocking, scan_blocking
 from daemon.watcher import watch
 from protocol.chunks import new_file_key
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from daemon.engine import Engine
 
 log = logging.getLogger("albumsync.publisher")
+MAX_FILE_PROBLEMS = 100  # per album: a folder of unreadable files must not grow the list forever
+
+
+def note_problem(album: Album, path: str, text: str) -> None:
+    """Show `path: text` among the album's problems (once; replacing an older note on path)."""
+    clear_problem(album, path)
+    if len(album.problems) < MAX_FILE_PROBLEMS:
+        album.problems.append(f"{path}: {text}")
+
+
+def clear_problem(album: Album, path: str) -> None:
+    album.problems = [p for p in album.problems if not p.startswith(f"{path}: ")]
+
+
 HASH_WORKERS = 2  # hashing and AES-GCM release the GIL: one per core
 WATCH_SETTLE = 0.5  # seconds after a watcher (re)start when a second full scan covers its set-up
 
@@ -168,10 +182,15 @@ class Publisher:
                     hashed = await asyncio.to_thread(
                         hash_file_blocking, folder, scanned.path, file_key
                     )
-                except FolderError as exc:
+                except FileChangedError as exc:
                     log.info(
                         "album %s: %s not published yet: %s", album.printable_id, scanned.path, exc
                     )
+                    return
+                except FolderError as exc:
+                    # Unreadable (mode 000, I/O error): the person must see which file and why.
+                    log.warning("album %s: %s", album.printable_id, exc)
+                    note_problem(album, scanned.path, f"not synced: {exc.message}")
                     return
             try:
                 envelope = await self._publish_file(album, scanned.path, hashed, file_key, row)
@@ -223,6 +242,7 @@ class Publisher:
             file_key=file_key,
             state="synced",
         )
+        clear_problem(album, path)
         # In memory first: whatever happens to the write below, a rescan must not publish the
         # file a second time. On disk, entry and index rows commit together or not at all.
         album.local[path] = new_row

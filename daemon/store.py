@@ -62,6 +62,10 @@ class Store:
         """Open (creating if new) and migrate; StoreError if the file is damaged or too new."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         is_new = not path.exists()  # noqa: ASYNC240 - one stat at start-up
+        if not is_new and path.stat().st_size == 0:  # noqa: ASYNC240 - one stat at start-up
+            # SQLite would take an empty file for a new database and build an empty schema in it:
+            # a truncated state file would then read as "no albums, no files" (TESTPLAN E4).
+            raise StoreError(_damaged_message(path, "the file is empty: it was truncated"))
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:

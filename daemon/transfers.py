@@ -21,6 +21,7 @@ from daemon.album import Album, LocalFile
 from daemon.connection import Connection, ConnectionClosedError
 from daemon.files import AlbumFolder, FolderError, LocalChangeError, PartialFile
 from daemon.planner import Download, plan
+from daemon.publisher import clear_problem, note_problem
 from daemon.scanner import read_chunk_blocking
 from protocol.album_view import LiveFile
 from protocol.chunks import CHUNK_SIZE, TAG_SIZE, chunk_bounds, decrypt_chunk
@@ -64,12 +65,14 @@ class Transfers:
     queue: dict[bytes, Pending] = field(default_factory=dict)  # entry hash ->
     slots: dict[object, PeerSlot] = field(default_factory=dict)
     waiters: dict[int, asyncio.Future[ChunkData | ChunkMissing]] = field(default_factory=dict)
+    sent_on: dict[int, Connection] = field(default_factory=dict)  # request id -> its connection
     received: deque[tuple[float, int]] = field(default_factory=deque)
     bad_chunks: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: set[asyncio.Task[None]] = field(default_factory=set)
     _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _stopped: bool = False
 
     # --- bringing a folder in line --------------------------------------------------------------
 
@@ -146,13 +149,30 @@ class Transfers:
 
     # --- downloading ----------------------------------------------------------------------------
 
+    async def stop(self) -> None:
+        """Cancel every download before the store closes: a worker that finished a file after
+        that could not index it, and the file would come back as a stranger's "local" photo."""
+        self._stopped = True
+        workers = list(self._workers)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
     def peer_connected(self) -> None:
         self._kick()
 
     def peer_gone(self, conn: Connection) -> None:
         self.slots.pop(conn, None)
+        # Requests sent on a lost connection will never be answered: ask another peer now
+        # instead of after REQUEST_TIMEOUT.
+        for request_id, sent in list(self.sent_on.items()):
+            future = self.waiters.get(request_id)
+            if sent is conn and future is not None and not future.done():
+                future.set_exception(ConnectionClosedError("the connection was lost"))
 
     def _kick(self) -> None:
+        if self._stopped:
+            return
         self._workers = {t for t in self._workers if not t.done()}
         idle = [p for p in self.queue.values() if not p.active]
         while idle and len(self._workers) < MAX_FILES_AT_ONCE:
@@ -168,7 +188,8 @@ class Transfers:
                 self.queue.pop(file.entry_hash, None)
         except (FolderError, OSError) as exc:
             log.warning("album %s: download of %s failed: %s", album.printable_id, file.path, exc)
-            album.problems.append(f"{file.path}: {exc}")
+            # Retried every second: one line per file, not one per attempt.
+            note_problem(album, file.path, f"not received: {_reason(exc)}")
         except Exception:
             log.exception("album %s: download of %s failed", album.printable_id, file.path)
         finally:
@@ -266,6 +287,7 @@ class Transfers:
             asyncio.get_running_loop().create_future()
         )
         self.waiters[request_id] = future
+        self.sent_on[request_id] = slot.conn
         try:
             await slot.conn.send(
                 ChunkRequest(
@@ -277,6 +299,7 @@ class Transfers:
             return None
         finally:
             self.waiters.pop(request_id, None)
+            self.sent_on.pop(request_id, None)
             slot.in_flight -= 1
             async with self._slots_free:
                 self._slots_free.notify_all()
@@ -315,6 +338,7 @@ class Transfers:
             await self._trash(album, folder, stale)
         row = _row_for(file, file.path, finished.size, finished.mtime_ns, finished.inode)
         await self._record(album, row, [c.chunk_id for c in file.chunks])
+        clear_problem(album, file.path)
         await self.engine.store.delete_partial(album.album_id, file.entry_hash)
         await self.engine.note_received(album, file)
 
@@ -384,6 +408,14 @@ class Transfers:
         done = {key: p.done for key, p in self.queue.items() if p.album is album}
         left = sum(max(0, f.size - done.get(f.entry_hash, 0) * CHUNK_SIZE) for f in missing)
         return len(missing), left
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FolderError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _verify_and_write(
