@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 
 from daemon.identity import Identity
@@ -42,7 +43,8 @@ class PeerInfo:
     certificate: bytes
     name: str
     address: str  # "tcp://host:port" as seen from here
-    via: str  # "lan" | "static" | "relay" | "incoming"
+    via: str  # "lan" | "static" | "invite" | "relay" | "incoming"
+    initiator: bool = False  # this device opened the connection (dialled it)
 
 
 class Connection:
@@ -63,6 +65,11 @@ class Connection:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self._last_received = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the peer last sent us a byte (keepalives arrive every 20 s)."""
+        return time.monotonic() - self._last_received
 
     async def send(self, message: Message) -> None:
         """Encrypt and write one message; waits while the socket's buffer is full (backpressure)."""
@@ -99,6 +106,7 @@ class Connection:
                 self.close()
                 raise ConnectionClosedError("the peer closed the connection")
             self.bytes_in += len(data)
+            self._last_received = time.monotonic()
             try:
                 self._channel.receive_data(data)
             except RemoteProtocolError as exc:
@@ -165,7 +173,7 @@ async def _handshake(
         event = hs.next_event()
         await _flush(hs, writer)  # reading a message may have produced our answer
         if isinstance(event, PeerAuthenticated):
-            peer = _identify(event, address, via)
+            peer = _identify(event, address, via, initiator)
         elif isinstance(event, HandshakeComplete):
             if peer is None:
                 raise RemoteProtocolError("handshake completed without the peer's certificate")
@@ -184,7 +192,7 @@ async def _flush(hs: Handshake, writer: asyncio.StreamWriter) -> None:
         await writer.drain()
 
 
-def _identify(event: PeerAuthenticated, address: str, via: str) -> PeerInfo:
+def _identify(event: PeerAuthenticated, address: str, via: str, initiator: bool) -> PeerInfo:
     intro = decode_introduction(event.payload)
     certified = verify_peer_identity(event.remote_static, intro.certificate)
     return PeerInfo(
@@ -194,4 +202,5 @@ def _identify(event: PeerAuthenticated, address: str, via: str) -> PeerInfo:
         name=intro.name,
         address=address,
         via=via,
+        initiator=initiator,
     )

@@ -68,6 +68,7 @@ class Core:
         engine = self.engine
         await engine.load()
         await engine.refresh_open_invites()
+        engine.peers.wants_nearby = self._wants_nearby
         await engine.peers.start()
         await self._start_relays()
         if self.config.mdns:
@@ -116,18 +117,25 @@ class Core:
         await self.engine.transfers.stop()  # type: ignore[attr-defined]
 
     def _seen_nearby(self, device_id: str, addresses: list[tuple[str, int]]) -> None:
-        """A LAN announcement: dial it if it shares an album with us (the handshake proves who it is)."""
+        """A LAN announcement: candidate addresses, dialed when _wants_nearby (the handshake proves who it is)."""
         device = DeviceId.parse(device_id)
         self.engine.nearby.add(device)
-        wanted = device in self.engine.peers.wanted or any(
-            album.device_of(key) == device
-            for album in self.engine.albums.values()
-            for key in album.member_keys()
+        shown = [f"tcp://[{h}]:{p}" if ":" in h else f"tcp://{h}:{p}" for h, p in addresses]
+        self.engine.peers.seen_on_lan(device, shown)
+
+    def _wants_nearby(self, device: DeviceId) -> bool:
+        """Dial a device seen on the LAN if it shares an album with us, owns a code we are
+        redeeming, or has a direct invite from us waiting (issue 3: mDNS alone is enough)."""
+        engine = self.engine
+        return (
+            any(r.owner == device for r in engine.redemptions.values())
+            or str(device) in engine._open_invite_targets
+            or any(
+                album.device_of(key) == device
+                for album in engine.albums.values()
+                for key in album.member_keys()
+            )
         )
-        if wanted:
-            for host, port in addresses:
-                shown = f"[{host}]" if ":" in host else host
-                self.engine.peers.want(device, f"tcp://{shown}:{port}", "lan")
 
     @classmethod
     async def open(cls, config: Config) -> Core:

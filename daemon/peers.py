@@ -3,6 +3,13 @@
 The manager knows transport, not albums: whom to dial and whether to keep an authenticated peer
 are asked of the engine (`Policy`), and every message goes to the engine's handler. One task per
 connection reads; sending is the engine's, through `Connection.send`.
+
+Direct beats relayed (issue 5). While a device is connected through a relay and a direct address
+of it is known (LAN sighting, static, invite), that address is tried now and then; once a direct
+handshake proves the same device, the direct connection takes over and the relayed one is retired.
+Both ends apply the same order (direct over relay, then the connection the lower device ID opened),
+so they keep the same connection and never swap back and forth; a connection silent for longer
+than two keepalives may be replaced by any newer one.
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ IDLE_TIMEOUT = 60.0
 MAX_PENDING_HANDSHAKES = 64  # TESTPLAN A4(b): a flood of silent sockets cannot starve real peers
 DIAL_BACKOFF_MIN = 1.0
 DIAL_BACKOFF_MAX = 60.0
+# Tries of a direct path while connected through a relay: soon, then at most every 30 s, so a path
+# that opens up is in use within a minute (TESTPLAN N3) without dialing a blocked one constantly.
+UPGRADE_RETRY_MIN = 5.0
+UPGRADE_RETRY_MAX = 30.0
+STALE_AFTER = 2.5 * KEEPALIVE_INTERVAL  # a connection silent this long may be replaced
+RETIRE_GRACE = 5.0  # a replaced connection is read this long, so replies already sent arrive
+MAX_LAN_SEEN = 256  # devices whose LAN announcements are remembered (oldest forgotten first)
+MAX_LAN_ADDRESSES = 16  # LAN addresses kept per device (oldest dropped first)
 
 
 class Policy(Protocol):
@@ -50,6 +65,9 @@ class DialState:
     failures: int = 0
     next_try: float = 0.0
     last_error: str = ""
+    verified: str = ""  # the last address where the handshake proved this device
+    upgrade_failures: int = 0  # direct tries that failed while connected through a relay
+    upgrade_next_try: float = 0.0
 
 
 @dataclass
@@ -69,7 +87,11 @@ class PeerManager:
     _dialing: set[DeviceId] = field(default_factory=set)
     # relay URI -> a client that can request sessions through it (set by Core when relays are on)
     relay_dialer: Callable[[str], RelayClient] | None = None
+    # device -> whether to dial it when seen on the LAN (set by Core; None: never)
+    wants_nearby: Callable[[DeviceId], bool] | None = None
     bound_port: int = 0
+    # device -> tcp:// addresses from its latest LAN announcement (candidates, unverified)
+    _lan_seen: dict[DeviceId, list[str]] = field(default_factory=dict)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
@@ -94,7 +116,12 @@ class PeerManager:
         state = self.wanted.setdefault(device_id, DialState(addresses=[]))
         if (address, via) not in state.addresses:
             state.addresses.append((address, via))
+            if via == "lan":
+                _trim_lan(state)
             state.next_try = 0.0
+            if _is_direct(via):  # a new direct path: worth trying even while relayed
+                state.upgrade_next_try = 0.0
+                state.upgrade_failures = 0
         if remote_static is not None:
             state.remote_static = remote_static
         self._wake.set()
@@ -109,6 +136,26 @@ class PeerManager:
         for state in self.wanted.values():
             state.next_try = 0.0
         self._wake.set()
+
+    def seen_on_lan(self, device_id: DeviceId, addresses: list[str]) -> None:
+        """A LAN announcement: candidate addresses, dialed once `wants_nearby` says so."""
+        self._lan_seen.pop(device_id, None)
+        self._lan_seen[device_id] = addresses[:MAX_LAN_ADDRESSES]
+        while len(self._lan_seen) > MAX_LAN_SEEN:
+            del self._lan_seen[next(iter(self._lan_seen))]
+        self._wake.set()
+
+    def _adopt_nearby(self) -> None:
+        """Dial devices seen on the LAN that we now want (a new member, invitee or code owner)."""
+        for device_id, addresses in list(self._lan_seen.items()):
+            state = self.wanted.get(device_id)
+            if state is None:
+                if self.wants_nearby is None or not self.wants_nearby(device_id):
+                    continue
+            elif all((address, "lan") in state.addresses for address in addresses):
+                continue
+            for address in addresses:
+                self.want(device_id, address, "lan")
 
     # --- accepting ------------------------------------------------------------------------
 
@@ -146,31 +193,64 @@ class PeerManager:
 
     async def _dial_loop(self) -> None:
         while True:
+            self._adopt_nearby()
             now = time.monotonic()
             for device_id, state in list(self.wanted.items()):
-                if (
-                    device_id in self.connections
-                    or device_id in self._dialing
-                    or state.next_try > now
-                ):
+                if device_id in self._dialing:
                     continue
-                state.next_try = now + DIAL_BACKOFF_MAX  # until the attempt finishes
-                self._dialing.add(device_id)
-                self._spawn(self._dial(device_id, state))
+                conn = self.connections.get(device_id)
+                if conn is None and state.next_try <= now:
+                    state.next_try = now + DIAL_BACKOFF_MAX  # until the attempt finishes
+                    self._dialing.add(device_id)
+                    self._spawn(self._dial(device_id, state))
+                elif conn is not None and _should_upgrade(conn, state, now):
+                    state.upgrade_next_try = now + UPGRADE_RETRY_MAX  # until it finishes
+                    self._dialing.add(device_id)
+                    self._spawn(self._upgrade(device_id, state))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
     async def _dial(self, device_id: DeviceId, state: DialState) -> None:
         try:
-            await self._dial_addresses(device_id, state)
+            conn = await self._first_answer(device_id, state, _dial_order(state))
         finally:
             self._dialing.discard(device_id)
+        if conn is None:
+            state.failures += 1
+            state.next_try = time.monotonic() + min(
+                DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2 ** min(state.failures, 6)
+            )
+            return
+        state.failures = 0
+        state.next_try = 0.0
+        if not _is_direct(conn.peer.via):
+            # Every direct address just failed: give the network a moment before trying again.
+            state.upgrade_next_try = time.monotonic() + _upgrade_delay(state)
+        await self._run(conn)
 
-    async def _dial_addresses(self, device_id: DeviceId, state: DialState) -> None:
-        # Direct paths first (LAN, static, invite addresses); a relay only when none answers.
-        ordered = sorted(state.addresses, key=lambda a: a[0].startswith("relay://"))
-        for address, via in ordered:
+    async def _upgrade(self, device_id: DeviceId, state: DialState) -> None:
+        """Connected through a relay: try the direct addresses; _run prefers what answers."""
+        try:
+            direct = [a for a in _dial_order(state) if _is_direct(a[1])]
+            conn = await self._first_answer(device_id, state, direct)
+        finally:
+            self._dialing.discard(device_id)
+        if conn is None:
+            state.upgrade_failures += 1
+            state.upgrade_next_try = time.monotonic() + _upgrade_delay(state)
+            return
+        # upgrade_failures is not reset here: a direct path that works for a moment and then
+        # fails again (back to the relay) is retried no faster than one that never worked. A new
+        # direct address (want) resets it.
+        log.info("direct path to %s open at %s", device_id.short, conn.peer.address)
+        await self._run(conn)
+
+    async def _first_answer(
+        self, device_id: DeviceId, state: DialState, addresses: list[tuple[str, str]]
+    ) -> Connection | None:
+        """The first of `addresses` where the handshake proves `device_id`, or None."""
+        for address, via in addresses:
             try:
                 reader, writer = await self._open_stream(device_id, address)
                 conn = await open_channel(
@@ -193,15 +273,9 @@ class PeerManager:
                 )
                 conn.close()
                 continue
-            state.failures = 0
-            state.next_try = 0.0
-            self._dialing.discard(device_id)
-            await self._run(conn)
-            return
-        state.failures += 1
-        state.next_try = time.monotonic() + min(
-            DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2 ** min(state.failures, 6)
-        )
+            state.verified = address
+            return conn
+        return None
 
     async def _open_stream(
         self, device_id: DeviceId, address: str
@@ -240,8 +314,10 @@ class PeerManager:
             if not self._prefer_new(existing, conn):
                 conn.close()
                 return
-            existing.close()
-        self.connections[peer.device_id] = conn
+            self.connections[peer.device_id] = conn
+            await self._retire(existing)
+        else:
+            self.connections[peer.device_id] = conn
         log.info(
             "connected to %s (%s) via %s at %s",
             peer.name,
@@ -298,13 +374,41 @@ class PeerManager:
             await _quietly(conn.send(Ping(sent_at=int(time.time() * 1000))))
 
     def _prefer_new(self, existing: Connection, new: Connection) -> bool:
-        """Both sides dialled at once: both keep the connection the lower device ID initiated."""
-        existing_mine = existing.peer.via != "incoming"
-        new_mine = new.peer.via != "incoming"
-        if existing_mine == new_mine:
+        """Which of two connections to one device to keep; both ends must reach the same answer.
+
+        A silent one loses (it is probably dead); then direct beats relayed; then, when both
+        sides dialled at once, both keep the connection the lower device ID initiated.
+        """
+        if existing.silent_for() > STALE_AFTER:
+            return True
+        if _is_direct(existing.peer.via) != _is_direct(new.peer.via):
+            return _is_direct(new.peer.via)
+        if existing.peer.initiator == new.peer.initiator:
             return False  # same direction twice: keep the one that is already working
         mine_lower = self.identity.device_id.raw < new.peer.device_id.raw
-        return new_mine == mine_lower
+        return new.peer.initiator == mine_lower
+
+    async def _retire(self, old: Connection) -> None:
+        """Hand the device over to its new connection; close the old one after a grace period.
+
+        Nothing new goes out on the old one (the engine sends on `connections`), but it is still
+        read for RETIRE_GRACE seconds so that replies already on their way (chunks) are not lost;
+        then it is closed and the engine told it is gone.
+        """
+        log.info(
+            "replacing the connection to %s via %s at %s",
+            old.peer.device_id.short,
+            old.peer.via,
+            old.peer.address,
+        )
+        self._spawn(self._close_after_grace(old))
+
+    async def _close_after_grace(self, old: Connection) -> None:
+        try:
+            await asyncio.sleep(RETIRE_GRACE)
+        finally:
+            old.close()  # also when stopping
+        await self.policy.disconnected(old)  # its _run no longer does: it is not current
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -323,6 +427,40 @@ class PeerManager:
 async def _quietly(coro: Awaitable[None]) -> None:
     with contextlib.suppress(ConnectionClosedError):
         await coro
+
+
+def _is_direct(via: str) -> bool:
+    return via != "relay"
+
+
+def _should_upgrade(conn: Connection, state: DialState, now: float) -> bool:
+    return (
+        not _is_direct(conn.peer.via)
+        and state.upgrade_next_try <= now
+        and any(_is_direct(via) for _, via in state.addresses)
+    )
+
+
+def _upgrade_delay(state: DialState) -> float:
+    """Seconds until the next direct try: UPGRADE_RETRY_MIN, doubling up to UPGRADE_RETRY_MAX."""
+    return min(
+        UPGRADE_RETRY_MAX, UPGRADE_RETRY_MIN * 2 ** min(max(state.upgrade_failures - 1, 0), 4)
+    )
+
+
+def _dial_order(state: DialState) -> list[tuple[str, str]]:
+    """Where to dial first: the address last proven, other direct paths, relays last."""
+    return sorted(
+        state.addresses,
+        key=lambda a: (not _is_direct(a[1]), a[0] != state.verified),
+    )
+
+
+def _trim_lan(state: DialState) -> None:
+    """Keep the newest MAX_LAN_ADDRESSES LAN addresses (and the proven one): a flood stays small."""
+    lan = [a for a in state.addresses if a[1] == "lan" and a[0] != state.verified]
+    for stale in lan[: max(0, len(lan) - MAX_LAN_ADDRESSES)]:
+        state.addresses.remove(stale)
 
 
 def _host(host: str) -> str:
