@@ -187,6 +187,7 @@ ROLES = ("viewer", "editor")
 LIVE_STATES = ("active", "invited", "joining")
 POLL_INTERVAL = 0.25
 DEFAULT_JOIN_DIR = Path("~/Pictures/albumsync")
+FILES_PAGE = 500  # the API's largest page of the files listing
 
 
 def add_api_commands(sub: SubParsers) -> None:
@@ -196,6 +197,7 @@ def add_api_commands(sub: SubParsers) -> None:
     _add_member_commands(_group(sub, "member", "list members, change roles, remove members"))
     _add_peer_commands(_group(sub, "peer", "devices this one talks to"))
     _add_relay_commands(_group(sub, "relay", "household relays for members outside the LAN"))
+    _add_trash_commands(_group(sub, "trash", "files the album moved aside: list and restore them"))
     p = sub.add_parser("status", help="albums and peers: what is left to sync, how fast")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument(
@@ -225,6 +227,31 @@ def _add_album_commands(album: SubParsers) -> None:
     p = album.add_parser("delete", help="delete an album you own for everyone; files stay")
     p.add_argument("album", help="album ID or exact name")
     p.set_defaults(func=cmd_album_delete)
+    p = album.add_parser("cover", help="set the cover of an album you own, or clear it")
+    p.add_argument("album", help="album ID or exact name")
+    p.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="a published photo: its ID from the files listing, or its path in the album",
+    )
+    p.add_argument("--clear", action="store_true", help="no chosen cover (the first photo shows)")
+    p.set_defaults(func=cmd_album_cover)
+
+
+def _add_trash_commands(trash: SubParsers) -> None:
+    p = trash.add_parser("list", help="the album trash: removed or replaced files (30 days)")
+    p.add_argument("album", help="album ID or exact name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_trash_list)
+    p = trash.add_parser("restore", help="move a file from the trash back into the album folder")
+    p.add_argument("album", help="album ID or exact name")
+    p.add_argument(
+        "trash_path",
+        metavar="TRASH_PATH",
+        help="its TRASH PATH from `trash list` (or its old path, if only one copy is trashed)",
+    )
+    p.set_defaults(func=cmd_trash_restore)
 
 
 def _add_invite_commands(invite: SubParsers) -> None:
@@ -348,6 +375,48 @@ async def cmd_album_delete(args: argparse.Namespace) -> int:
     album = await resolve_album(client, args.album)
     await client.post(f"/albums/{album['album_id']}/delete")
     print(f"deleted {album['name']} for everyone; the files stay in the folders")
+    return 0
+
+
+async def cmd_album_cover(args: argparse.Namespace) -> int:
+    if args.clear == (args.file is not None):
+        raise ConfigError("give either the photo (its file ID or path) or --clear, not both")
+    client = _client(args)
+    album = await resolve_album(client, args.album)
+    file = None if args.clear else await _resolve_file(client, album, args.file)
+    path = f"/albums/{album['album_id']}/cover"
+    await client.post(path, {"file": file["id"] if file is not None else None})
+    if file is None:
+        print(f"cleared the cover of {album['name']}; its first photo shows instead")
+    else:
+        print(f"the cover of {album['name']} is now {file['path']}")
+    return 0
+
+
+async def cmd_trash_list(args: argparse.Namespace) -> int:
+    client = _client(args)
+    album = await resolve_album(client, args.album)
+    items = await client.get(f"/albums/{album['album_id']}/trash")
+    if args.json:
+        return _print_json(items)
+    if not items:
+        print(f"the trash of {album['name']} is empty")
+        return 0
+    _print_table(
+        ["PATH", "TRASHED", "TRASH PATH"],
+        [[i["path"], _when(int(i["trashed_at"])), i["trash_path"]] for i in items],
+    )
+    return 0
+
+
+async def cmd_trash_restore(args: argparse.Namespace) -> int:
+    client = _client(args)
+    album = await resolve_album(client, args.album)
+    items = await client.get(f"/albums/{album['album_id']}/trash")
+    trash_path = _trash_path(items, args.trash_path, album)
+    path = f"/albums/{album['album_id']}/trash/restore"
+    done = await client.post(path, {"trash_path": trash_path})
+    print(f"restored {done['restored']} into {album['path']}")
     return 0
 
 
@@ -622,6 +691,59 @@ async def _resolve_member(client: ApiClient, album: dict[str, Any], text: str) -
     if named:
         raise ConfigError(f"{len(named)} members are named '{text}': use the device ID")
     raise ConfigError(f"'{text}' is not a member's name, and not a device ID: {problem}")
+
+
+async def _resolve_file(client: ApiClient, album: dict[str, Any], text: str) -> dict[str, Any]:
+    """The published file whose listing ID or path in the album is `text`."""
+    wanted = _in_album(text.strip(), album)
+    found: dict[str, Any] | None = None
+    offset = 0
+    while found is None and offset < album["files"] + album["local_only"]:
+        page = await client.get(
+            f"/albums/{album['album_id']}/files", offset=offset, limit=FILES_PAGE
+        )
+        if not page:
+            break
+        found = next((f for f in page if wanted in (f["id"], f["path"])), None)
+        offset += len(page)
+    if found is None:
+        raise AlbumNotFoundError(
+            f"no file '{text}' in {album['name']}: give its path in the album folder or its ID"
+        )
+    if found["local"] == "local_only":
+        raise ConfigError(
+            f"'{found['path']}' is not published in the album, so it cannot be the cover"
+        )
+    return found
+
+
+def _in_album(text: str, album: dict[str, Any]) -> str:
+    """A path as the files listing spells it: relative to the album folder (a path typed with
+    the folder in front, absolute or from the current directory, has it removed)."""
+    if album["path"] and (text.startswith(("/", "./")) or Path(text).exists()):
+        try:
+            return Path(text).resolve().relative_to(Path(album["path"]).resolve()).as_posix()
+        except ValueError:
+            return text
+    return text
+
+
+def _trash_path(items: list[dict[str, Any]], text: str, album: dict[str, Any]) -> str:
+    """A trash entry's TRASH PATH, from itself or from the path of the one trashed copy."""
+    if any(i["trash_path"] == text for i in items):
+        return text
+    copies = [i for i in items if i["path"] == text]
+    if len(copies) == 1:
+        return str(copies[0]["trash_path"])
+    if copies:
+        raise ConfigError(
+            f"{len(copies)} copies of '{text}' are in the trash: give the TRASH PATH of one "
+            f"(see `albumsync trash list {album['album_id']}`)"
+        )
+    raise AlbumNotFoundError(
+        f"'{text}' is not in the trash of {album['name']} "
+        f"(see `albumsync trash list {album['album_id']}`)"
+    )
 
 
 async def _resolve_invite(client: ApiClient, prefix: str) -> str:

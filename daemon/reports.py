@@ -32,6 +32,7 @@ from daemon.model import (
     StatusReport,
     TrashEntry,
 )
+from protocol.album_view import AlbumView, LiveFile
 from protocol.errors import VerificationError
 from protocol.ids import AlbumId, DeviceId
 from protocol.membership import Status
@@ -50,6 +51,7 @@ from protocol.rights import Role
 
 if TYPE_CHECKING:
     from daemon.core import Core
+    from daemon.thumbnails import Thumbnails
 
 LIVE_STATES = ("active", "invited")  # the album syncs, or its invite waits for an answer
 MAX_ACTIVITY = 500
@@ -145,12 +147,150 @@ def members(core: Core, album: Album) -> list[MemberInfo]:
 
 def files(core: Core, album: Album, offset: int, limit: int) -> list[FileInfo]:
     """One page of the album's files in grid order: by capture time, files without one last, then
-    by path; local files that are not published are listed with the others."""
-    return sorted(_all_files(core, album), key=_grid_order)[offset : offset + limit]
+    by path; local files that are not published are listed with the others. Only the page is
+    built: the order itself is cached (see grid_order)."""
+    page = grid_order(core, album)[offset : offset + limit]
+    downloading = (
+        {p.download.file.entry_hash for p in core.transfers.queue.values() if p.active}
+        if page
+        else set()
+    )
+    printed: dict[bytes, tuple[DeviceId | None, str]] = {}
+    return [_file_info(core, album, tile, downloading, printed) for tile in page]
 
 
-def _grid_order(file: FileInfo) -> tuple[bool, int, str]:
-    return (file.captured is None, file.captured or 0, file.path)
+@dataclass(frozen=True)
+class Tile:
+    """One place in the grid: a published file, or a local file that is not published."""
+
+    captured: int | None  # the capture time the grid orders by
+    path: str
+    file: LiveFile | None  # published
+    row: LocalFile | None  # local only
+
+    @property
+    def order(self) -> tuple[bool, int, str]:
+        return (self.captured is None, self.captured or 0, self.path)
+
+
+@dataclass
+class _GridCache:
+    view: AlbumView | None
+    view_files: tuple[tuple[str, bytes], ...]  # (path, entry hash): what the order reads of it
+    thumbs: Thumbnails
+    generation: int  # of the thumbnails' capture times
+    local_only: tuple[tuple[str, bytes | None, int, int, int], ...]
+    tiles: list[Tile]
+
+
+_grids: dict[bytes, _GridCache] = {}
+
+
+def grid_order(core: Core, album: Album) -> list[Tile]:
+    """Every file of the album in grid order. Sorting 10,000 files on every page and listing call
+    cost more than the rest of the page, so the order is kept per album and rebuilt only when the
+    view's files, the local-only files or the known capture times change."""
+    thumbs = core.thumbnails
+    generation = thumbs.generation
+    local_only = _local_only_fingerprint(album)
+    cached = _grids.get(album.album_id)
+    if (
+        cached is not None
+        and cached.thumbs is thumbs
+        and cached.generation == generation
+        and cached.local_only == local_only
+    ):
+        if cached.view is album.view:
+            return cached.tiles
+        # Each reconcile evaluates a new view object, mostly with the same files.
+        view_files = _view_fingerprint(album.view)
+        if cached.view_files == view_files:
+            cached.view = album.view
+            return cached.tiles
+    tiles = sorted(_tiles(thumbs, album), key=lambda t: t.order)
+    _grids[album.album_id] = _GridCache(
+        album.view, _view_fingerprint(album.view), thumbs, generation, local_only, tiles
+    )
+    return tiles
+
+
+def _view_fingerprint(view: AlbumView | None) -> tuple[tuple[str, bytes], ...]:
+    """A file's entry hash names its signed entry, so its author, ID, size and capture time."""
+    return tuple((f.path, f.entry_hash) for f in view.files) if view is not None else ()
+
+
+def _local_only_fingerprint(album: Album) -> tuple[tuple[str, bytes | None, int, int, int], ...]:
+    """What of the local index the order depends on: the local-only rows and what names their
+    thumbnails (values, not the rows: a row may be updated in place)."""
+    return tuple(
+        (path, row.content_hash, row.size, row.mtime_ns, row.inode)
+        for path, row in album.local.items()
+        if row.state == "local_only"
+    )
+
+
+def _tiles(thumbs: Thumbnails, album: Album) -> Iterable[Tile]:
+    published = set()
+    for file in album.view.files if album.view is not None else ():
+        published.add(file.path)
+        captured = file.captured_at
+        if captured is None:
+            meta = thumbs.meta(file.content_hash)
+            captured = meta.captured if meta is not None else None
+        yield Tile(captured=captured, path=file.path, file=file, row=None)
+    for path, row in album.local.items():
+        if row.state == "local_only" and path not in published:
+            meta = thumbs.meta(local_cache_key(row))
+            captured = meta.captured if meta is not None else None
+            yield Tile(captured=captured, path=path, file=None, row=row)
+
+
+def _file_info(
+    core: Core,
+    album: Album,
+    tile: Tile,
+    downloading: set[bytes],
+    printed: dict[bytes, tuple[DeviceId | None, str]],
+) -> FileInfo:
+    """The listing's entry for one tile; what changes without a new view (download state, names)
+    is read now."""
+    file = tile.file
+    if file is None:
+        row = tile.row
+        assert row is not None  # a tile is a published file or a local row
+        return FileInfo(
+            id=local_file_id(tile.path),
+            path=tile.path,
+            size=row.size,
+            added_by_device=str(core.identity.device_id),
+            added_by_name=core.identity.name,
+            captured_at=None,
+            captured=tile.captured,
+            mtime_ns=row.mtime_ns,
+            local="local_only",
+        )
+    if file.author not in printed:  # printing a device ID costs a checksum: once per author
+        device = album.device_of(file.author)
+        printed[file.author] = (device, str(device) if device is not None else "")
+    device, device_text = printed[file.author]
+    local_row = album.local.get(file.path)
+    if local_row is not None and local_row.entry_hash == file.entry_hash:
+        local = "synced"
+    elif file.entry_hash in downloading:
+        local = "downloading"
+    else:
+        local = "missing"
+    return FileInfo(
+        id=published_file_id(file.key),
+        path=file.path,
+        size=file.size,
+        added_by_device=device_text,
+        added_by_name=device_name(core, device),
+        captured_at=file.captured_at,
+        captured=tile.captured,
+        mtime_ns=file.mtime_ns,
+        local=local,
+    )
 
 
 async def trash(album: Album) -> list[TrashEntry]:
@@ -296,54 +436,6 @@ def _member(core: Core, album: Album, key: bytes, role: str, status: str) -> Mem
         connected=is_me or (device is not None and device in core.engine.peers.connections),
         is_me=is_me,
     )
-
-
-def _all_files(core: Core, album: Album) -> Iterable[FileInfo]:
-    view_files = album.view.files if album.view is not None else ()
-    downloading = {p.download.file.entry_hash for p in core.transfers.queue.values() if p.active}
-    published = set()
-    thumbs = core.thumbnails
-    authors: dict[bytes, DeviceId | None] = {}
-    for file in view_files:
-        published.add(file.path)
-        if file.author not in authors:  # a certificate hash per author, not per file
-            authors[file.author] = album.device_of(file.author)
-        device = authors[file.author]
-        row = album.local.get(file.path)
-        if row is not None and row.entry_hash == file.entry_hash:
-            local = "synced"
-        elif file.entry_hash in downloading:
-            local = "downloading"
-        else:
-            local = "missing"
-        meta = thumbs.meta(file.content_hash) if file.captured_at is None else None
-        yield FileInfo(
-            id=published_file_id(file.key),
-            path=file.path,
-            size=file.size,
-            added_by_device=str(device) if device is not None else "",
-            added_by_name=device_name(core, device),
-            captured_at=file.captured_at,
-            captured=file.captured_at if meta is None else meta.captured,
-            mtime_ns=file.mtime_ns,
-            local=local,
-        )
-    me = core.identity.device_id
-    for path in sorted(album.local):
-        row = album.local[path]
-        if row.state == "local_only" and path not in published:
-            meta = thumbs.meta(local_cache_key(row))
-            yield FileInfo(
-                id=local_file_id(path),
-                path=path,
-                size=row.size,
-                added_by_device=str(me),
-                added_by_name=core.identity.name,
-                captured_at=None,
-                captured=meta.captured if meta is not None else None,
-                mtime_ns=row.mtime_ns,
-                local="local_only",
-            )
 
 
 def _shared_albums(core: Core) -> dict[DeviceId, tuple[str, ...]]:

@@ -85,6 +85,8 @@ class Thumbnails:
         self._unsaved = 0
         self._indexing: asyncio.Task[None] | None = None
         self._queue: dict[str, OpenFd] = {}
+        # Bumped whenever a capture time is learned or forgotten: the grid order depends on them.
+        self.generation = 0
 
     # --- what the UI asks --------------------------------------------------------------------
 
@@ -173,6 +175,10 @@ class Thumbnails:
         index = self._index()
         if len(index) >= MAX_INDEX_ENTRIES:
             index.clear()  # a cache: starting over is cheaper than tracking what is oldest
+            self.generation += 1
+        known = index.get(key)
+        if (known.captured if known is not None else None) != meta.captured:
+            self.generation += 1
         index[key] = meta
         self._unsaved += 1
         if self._unsaved >= 500:

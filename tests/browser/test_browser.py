@@ -204,19 +204,33 @@ def test_first_paint_of_a_10000_photo_album(
     )
     print(f"published 10,000 files in {time.monotonic() - started:.1f} s")
     page = new_page(browser, ana)
-    page.goto(f"/albums/{album['album_id']}")
+    # The first view builds the grid order; reloads use the cached order (daemon/reports.py).
+    paints = [_paint(page, f"/albums/{album['album_id']}") for _ in range(3)]
+    tiles = page.locator("#grid .tile").count()
+    for label, (paint, server) in zip(("first view", "reload", "reload"), paints, strict=True):
+        print(
+            f"10,000-photo album, {label}: first contentful paint {paint:.0f} ms "
+            f"(server answered in {server:.0f} ms)"
+        )
+    print(f"{tiles} tiles in the first view")
+    assert tiles > 0
+    assert max(paint for paint, _ in paints) < 3000
+    page.locator("#grid-more").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length > 120")
+
+
+def _paint(page: Any, path: str) -> tuple[float, float]:
+    """(first contentful paint, time from request to the first byte of the page) in ms."""
+    page.goto(path)
     page.wait_for_function(
         "() => performance.getEntriesByName('first-contentful-paint').length > 0"
     )
     paint = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime")
-    tiles = page.locator("#grid .tile").count()
-    print(
-        f"10,000-photo album: first contentful paint {paint:.0f} ms, {tiles} tiles in the first view"
+    server = page.evaluate(
+        "(() => { const n = performance.getEntriesByType('navigation')[0];"
+        " return n.responseStart - n.requestStart; })()"
     )
-    assert tiles > 0
-    assert paint < 3000
-    page.locator("#grid-more").scroll_into_view_if_needed()
-    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length > 120")
+    return float(paint), float(server)
 
 
 def _album_id(daemon: Daemon) -> str:
