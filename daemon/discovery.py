@@ -147,6 +147,7 @@ class Discovery:
         if self._zc is not None:
             raise RuntimeError("discovery is already running")
         addresses = local_addresses(self._interfaces, self._ip_version)
+        _quiet_network_tracebacks()
         try:
             self._zc = AsyncZeroconf(interfaces=self._interfaces, ip_version=self._ip_version)
         except OSError as exc:
@@ -414,3 +415,23 @@ def _default_ip_version(interfaces: Interfaces) -> IPVersion:
 def _pack(address: str) -> bytes:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     return socket.inet_pton(family, address)
+
+
+class _NetworkErrorsWithoutTraceback(logging.Filter):
+    """zeroconf logs an unusable multicast socket (e.g. no IPv6 route on a host) with a stack
+    trace; the one-line warning is what a person needs, and a traceback reads like a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_QUIET = _NetworkErrorsWithoutTraceback()
+
+
+def _quiet_network_tracebacks() -> None:
+    logger = logging.getLogger("zeroconf")  # zeroconf._logger logs every warning on this one
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)

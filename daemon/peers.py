@@ -81,6 +81,7 @@ class PeerManager:
     errors: dict[str, int] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: bool = False
     # Unfinished incoming handshakes, oldest first (a dict keeps insertion order).
     _pending: dict[asyncio.StreamWriter, None] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -99,6 +100,7 @@ class PeerManager:
         self._spawn(self._dial_loop())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections.values()):
@@ -160,10 +162,19 @@ class PeerManager:
     # --- accepting ------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        await self.accept_stream(
-            reader, writer, f"tcp://{_host(peername[0])}:{peername[1]}", "incoming"
-        )
+        # asyncio.start_server runs this as its own task: track it so that stop() cancels a
+        # handshake in flight instead of letting it reach the engine after the store closed.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            peername = writer.get_extra_info("peername") or ("?", 0)
+            await self.accept_stream(
+                reader, writer, f"tcp://{_host(peername[0])}:{peername[1]}", "incoming"
+            )
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def accept_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, via: str
@@ -187,6 +198,9 @@ class PeerManager:
             return
         finally:
             self._pending.pop(writer, None)
+        if self._stopping:
+            conn.close()
+            return
         await self._run(conn)
 
     # --- dialing --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ from zeroconf import (  # type: ignore[attr-defined]  # the DNS* names: kept for
     ServiceInfo,
 )
 
+from daemon import discovery
 from daemon.discovery import (
     MAX_ADDRESSES,
     MAX_SERVICES,
@@ -694,3 +696,23 @@ async def _until(
                 f"observer never saw {what}: {json.dumps(stats)[:2000]}\n{observer.err_text}"
             )
         await asyncio.sleep(0.2)
+
+
+def test_zeroconf_socket_errors_are_one_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    discovery._quiet_network_tracebacks()
+    zc_log = logging.getLogger("zeroconf")
+    with caplog.at_level(logging.WARNING, logger="zeroconf"):
+        try:
+            raise OSError(101, "Network is unreachable")
+        except OSError as exc:
+            zc_log.warning("Error with socket ('::1', 5353)): %s", exc, exc_info=exc)
+        try:
+            raise ValueError("a bug in zeroconf")
+        except ValueError as exc:
+            zc_log.warning("unexpected: %s", exc, exc_info=exc)
+    network, bug = caplog.records
+    assert "Network is unreachable" in network.getMessage()
+    assert network.exc_info is None
+    assert bug.exc_info is not None  # anything else keeps its traceback
