@@ -29,7 +29,7 @@ from daemon.peers import PeerManager
 from daemon.store import Store
 from protocol import membership_entries, statements
 from protocol.album_view import LiveFile
-from protocol.errors import DecodeError, ProtocolError, VerificationError
+from protocol.errors import DecodeError, InviteCodeError, ProtocolError, VerificationError
 from protocol.frames import MAX_BATCH_PAYLOAD
 from protocol.ids import AlbumId, DeviceId
 from protocol.invite import MAX_RELAYS as MAX_INVITE_RELAYS
@@ -143,6 +143,28 @@ class Engine:
             self.peer_names[DeviceId.parse(row["device_id"])] = str(row["name"] or "")
         for row in await self.store.addresses():
             self.peers.want(DeviceId.parse(row["device_id"]), row["address"], row["source"])
+        await self._load_redemptions()
+
+    async def _load_redemptions(self) -> None:
+        """Codes pasted before a restart keep waiting for their owner; expired ones are dropped."""
+        for row in await self.store.redemptions():
+            album_id = bytes(row["album_id"])
+            try:
+                code = parse_invite(str(row["code"]), _now())
+            except InviteCodeError as exc:
+                await self.store.delete_redemption(album_id)
+                await self.activity(
+                    None,
+                    "invite",
+                    f"An invite code expired before its owner's device answered ({exc.message}); "
+                    "ask the owner for a new one",
+                )
+                continue
+            if album_id in self.albums and self.albums[album_id].state == "active":
+                await self.store.delete_redemption(album_id)
+                continue
+            owner = DeviceId(code.owner_id)
+            self.redemptions[album_id] = Redemption(code=code, path=Path(row["path"]), owner=owner)
 
     async def _load_album(self, album_id: bytes, path: str | None, state: str) -> Album | None:
         envelopes = await self.store.membership_envelopes(album_id)
@@ -737,6 +759,7 @@ class Engine:
         )
         redemption = self.redemptions.pop(album.album_id, None)
         if redemption is not None:
+            await self.store.delete_redemption(album.album_id)
             await self.accept_invite(album.album_id, redemption.path)
         else:
             await self.activity(
@@ -753,6 +776,7 @@ class Engine:
         target = _check_album_path(path, self.albums)
         owner = DeviceId(code.owner_id)
         self.redemptions[code.album_id] = Redemption(code=code, path=target, owner=owner)
+        await self.store.put_redemption(code.album_id, encode_invite(code), str(target), _now())
         for address in code.addresses:
             self.peers.want(owner, address, "invite")
             await self.store.put_address(str(owner), address, "invite", _now())

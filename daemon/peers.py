@@ -222,8 +222,11 @@ class PeerManager:
                     self._dialing.add(device_id)
                     self._spawn(self._upgrade(device_id, state))
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # arrives as the event is set, and stop() then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     async def _dial(self, device_id: DeviceId, state: DialState) -> None:
         try:

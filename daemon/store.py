@@ -192,6 +192,21 @@ class Store:
             (key, value),
         )
 
+    # --- invite codes being redeemed --------------------------------------------------------
+
+    async def put_redemption(self, album_id: bytes, code: str, path: str, now: int) -> None:
+        await self.execute(
+            "INSERT OR REPLACE INTO redemptions (album_id, code, path, started_at) "
+            "VALUES (?, ?, ?, ?)",
+            (album_id, code, path, now),
+        )
+
+    async def redemptions(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT album_id, code, path FROM redemptions")
+
+    async def delete_redemption(self, album_id: bytes) -> None:
+        await self.execute("DELETE FROM redemptions WHERE album_id = ?", (album_id,))
+
     # --- albums ----------------------------------------------------------------------------
 
     async def albums(self) -> list[aiosqlite.Row]:
