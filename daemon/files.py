@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn, TypeVar, cast
 
 from daemon.errors import DaemonError
-from protocol.names import RESERVED_PREFIX, is_reserved_local
+from protocol.names import RESERVED_PREFIX, conflict_name, is_reserved_local
 
 RESERVED_DIR = RESERVED_PREFIX
 MARKER_NAME = "marker"
@@ -49,6 +49,7 @@ PARTIAL_SUFFIX = ".part"
 TRASH_MAX_AGE = 30 * 24 * 3600  # seconds a removed file stays restorable (DESIGN §2)
 MAX_PARTIAL_KEY = 128  # hex characters in a PartialFile key
 MAX_MARKER_BYTES = 4096
+MAX_SET_ASIDE = 100  # conflict copies of one file with one tag: `tag`, `tag-2` ... `tag-100`
 _MAX_TRASH_BATCHES_PER_SECOND = 10_000
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
 _TRASH = f"{RESERVED_DIR}/{TRASH_DIR}/"  # label prefix of trash paths in messages and the op log
@@ -295,6 +296,25 @@ class AlbumFolder:
             self._fsync_dir(dst.fd, _parent(target))
             self._fsync_dir(src.fd, _parent(source))
             self._prune_empty(src, source)
+
+    def set_aside(self, rel: str, tag: str) -> str:
+        """Move the file at rel to its first free conflict name (tag `tag`, then `tag-2`...).
+
+        Returns the new path. The names depend only on rel, tag and what the folder holds, so the
+        same situation gives the same name on every device. Never replaces anything;
+        LocalChangeError if every one of the MAX_SET_ASIDE names is taken.
+        """
+        for number in range(1, MAX_SET_ASIDE + 1):
+            target = conflict_name(rel, tag if number == 1 else f"{tag}-{number}")
+            try:
+                self.move(rel, target)
+            except LocalChangeError:
+                continue  # that name is taken: the next one
+            return target
+        raise LocalChangeError(
+            f"'{rel}' cannot be set aside: {MAX_SET_ASIDE} conflict copies of it exist already; "
+            "move or delete some of them"
+        )
 
     def list_trash(self) -> list[TrashItem]:
         """Every file in the trash, oldest batch first."""

@@ -172,6 +172,10 @@ class PeerManager:
             await self.accept_stream(
                 reader, writer, f"tcp://{_host(peername[0])}:{peername[1]}", "incoming"
             )
+        except asyncio.CancelledError:
+            # Python 3.11's start_server callback calls task.exception() on this task, which
+            # raises (and logs a traceback) if the task ends cancelled: end it normally instead.
+            writer.close()
         finally:
             if task is not None:
                 self._tasks.discard(task)

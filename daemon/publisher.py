@@ -44,6 +44,8 @@ def clear_problem(album: Album, path: str) -> None:
 
 HASH_WORKERS = 2  # hashing and AES-GCM release the GIL: one per core
 WATCH_SETTLE = 0.5  # seconds after a watcher (re)start when a second full scan covers its set-up
+RESCAN_CHANGED = 1.0  # seconds until a file that changed while it was hashed is scanned again
+EDIT_TAG = "edited"  # conflict tag of a local edit of another member's photo (names.conflict_name)
 
 
 @dataclass
@@ -183,8 +185,14 @@ class Publisher:
                         hash_file_blocking, folder, scanned.path, file_key
                     )
                 except FileChangedError as exc:
+                    # Never publish bytes that changed under the hash; try again once the
+                    # writer had time to finish (the watcher may have reported its last write
+                    # before this scan read it).
                     log.info(
                         "album %s: %s not published yet: %s", album.printable_id, scanned.path, exc
+                    )
+                    asyncio.get_running_loop().call_later(
+                        RESCAN_CHANGED, self.schedule, album, [scanned.path]
                     )
                     return
                 except FolderError as exc:
@@ -266,18 +274,28 @@ class Publisher:
 
     async def _set_aside_edit(self, album: Album, scanned: ScannedFile) -> None:
         """Another member's photo was edited here: keep the edit as our own file, restore theirs."""
-        from protocol.names import conflict_name  # noqa: PLC0415
-
         folder = album.folder
         assert folder is not None
-        target = conflict_name(scanned.path, "edited")
         try:
-            await asyncio.to_thread(folder.move, scanned.path, target)
+            target = await asyncio.to_thread(folder.set_aside, scanned.path, EDIT_TAG)
         except FolderError as exc:
-            log.info("album %s: cannot set aside %s: %s", album.printable_id, scanned.path, exc)
+            log.warning("album %s: cannot set aside %s: %s", album.printable_id, scanned.path, exc)
+            note_problem(album, scanned.path, f"edited here and not synced: {exc.message}")
             return
-        album.local.pop(scanned.path, None)
-        await self.engine.store.delete_local_file(album.album_id, scanned.path)
+        await self.forget_set_aside(album, scanned.path, target)
+
+    async def forget_set_aside(self, album: Album, path: str, target: str) -> None:
+        """The bytes at `path` were moved to `target`: unindex them, and index them anew as a file
+        of this device (published if it may add photos), so no other author's identity sticks."""
+        log.info(
+            "album %s: %s was changed on this device; the change is kept as %s",
+            album.printable_id,
+            path,
+            target,
+        )
+        clear_problem(album, path)
+        album.local.pop(path, None)
+        await self.engine.store.delete_local_file(album.album_id, path)
         self.schedule(album, [target])
 
     async def _publish_vanished(self, album: Album, vanished: list[str]) -> list[bytes]:

@@ -21,13 +21,12 @@ from daemon.album import Album, LocalFile
 from daemon.connection import Connection, ConnectionClosedError
 from daemon.files import AlbumFolder, FolderError, LocalChangeError, PartialFile
 from daemon.planner import Download, plan
-from daemon.publisher import clear_problem, note_problem
+from daemon.publisher import EDIT_TAG, clear_problem, note_problem
 from daemon.scanner import read_chunk_blocking
 from protocol.album_view import LiveFile
 from protocol.chunks import CHUNK_SIZE, TAG_SIZE, chunk_bounds, decrypt_chunk
 from protocol.errors import VerificationError
 from protocol.messages import ChunkData, ChunkMissing, ChunkRequest, ErrorCode
-from protocol.names import conflict_name
 
 if TYPE_CHECKING:
     from daemon.engine import Engine
@@ -38,6 +37,7 @@ WINDOW_PER_PEER = 16  # chunk requests in flight per peer: 4 MiB at 256 KiB chun
 REQUEST_TIMEOUT = 30.0
 MAX_FILES_AT_ONCE = 4
 RATE_WINDOW = 5.0
+LOCAL_TAG = "local"  # conflict tag of a file of this device in the way of an incoming one
 BAD_CHUNK_PENALTY = 5  # a peer that served a bad chunk is asked last for this many requests
 
 
@@ -343,13 +343,21 @@ class Transfers:
         await self.engine.note_received(album, file)
 
     async def _set_aside(self, album: Album, folder: AlbumFolder, path: str) -> None:
-        target = conflict_name(path, "local")
-        await asyncio.to_thread(folder.move, path, target)
-        row = album.local.pop(path, None)
-        await self.engine.store.delete_local_file(album.album_id, path)
-        if row is not None:
-            row.path = target
-            await self._record(album, row)
+        """Keep what this device has at `path` under a conflict name before the incoming file
+        takes the path. An edited copy of a member's photo gets the name a scan would give it
+        (so the name does not depend on which came first, the scan or the download); anything
+        else at the path was this device's own and gets the tag "local"."""
+        row = album.local.get(path)
+        tag = EDIT_TAG if row is not None and row.file is not None else LOCAL_TAG
+        target = await asyncio.to_thread(folder.set_aside, path, tag)
+        log.info(
+            "album %s: a change made here to %s was in the way of the incoming version",
+            album.printable_id,
+            path,
+        )
+        # Whatever the index said about `path` described other bytes (it was changed here): the
+        # publisher indexes the copy anew, as this device's file.
+        await self.engine.publisher.forget_set_aside(album, path, target)  # type: ignore[attr-defined]
 
     # --- serving --------------------------------------------------------------------------------
 
