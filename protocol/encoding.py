@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
-from protocol.errors import DecodeError
+from protocol.errors import DecodeError, LocalProtocolError
 
 # A recursive alias needs Union: `|` cannot combine with the string forward references at runtime.
 Value = Union[None, bool, int, bytes, str, list["Value"], dict[str, "Value"]]  # noqa: UP007
@@ -69,7 +69,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
 
 def encode_varint(n: int) -> bytes:
     if n < 0 or n > _MAX_INT:
-        raise ValueError(f"varint out of range: {n}")
+        raise LocalProtocolError(f"an integer must be 0 to 2**64-1 to be encoded, not {n}")
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -83,7 +83,7 @@ def encode_varint(n: int) -> bytes:
 
 def _encode_into(out: bytearray, value: object, depth: int) -> None:
     if depth > DEFAULT_LIMITS.max_depth:
-        raise ValueError("value nests too deeply to encode")
+        raise LocalProtocolError("value nests too deeply to encode")
     if value is None:
         out.append(_NULL)
     elif value is True:
@@ -110,7 +110,7 @@ def _encode_into(out: bytearray, value: object, depth: int) -> None:
     elif isinstance(value, Mapping):
         _encode_map(out, value, depth)
     else:
-        raise TypeError(f"cannot encode {type(value).__name__}")
+        raise LocalProtocolError(f"cannot encode {type(value).__name__}")
 
 
 def _encode_int(out: bytearray, value: int) -> None:
@@ -126,7 +126,7 @@ def _encode_map(out: bytearray, value: Mapping[object, object], depth: int) -> N
     items: list[tuple[bytes, object]] = []
     for key, item in value.items():
         if not isinstance(key, str):
-            raise TypeError("map keys must be str")
+            raise LocalProtocolError("map keys must be str")
         items.append((key.encode("utf-8"), item))
     items.sort(key=lambda kv: kv[0])
     out.append(_MAP)
