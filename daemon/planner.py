@@ -62,7 +62,10 @@ def plan(view: AlbumView, local: Mapping[str, LocalFile]) -> Plan:
             continue
         replaces = row if row is not None and row.path == f.path else None
         result.downloads.append(Download(f, replaces))
+    judged = view.accepted | {v.hash for v in view.rejected}
     for row in local.values():
-        if row.file is not None and row.file not in live_keys:
+        # Only a view that has judged the row's entry may send it to the trash: a row this device
+        # has just published is indexed before the view that includes its entry is computed.
+        if row.file is not None and row.file not in live_keys and row.entry_hash in judged:
             result.trash.append(row)
     return result
