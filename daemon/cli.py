@@ -237,6 +237,12 @@ def _add_album_commands(album: SubParsers) -> None:
     )
     p.add_argument("--clear", action="store_true", help="no chosen cover (the first photo shows)")
     p.set_defaults(func=cmd_album_cover)
+    p = album.add_parser(
+        "folder", help="point an album at the folder it was moved to (its marker must name it)"
+    )
+    p.add_argument("album", help="album ID or exact name")
+    p.add_argument("path", type=Path, help="where the album's folder is now")
+    p.set_defaults(func=cmd_album_folder)
 
 
 def _add_trash_commands(trash: SubParsers) -> None:
@@ -367,6 +373,15 @@ async def cmd_album_rename(args: argparse.Namespace) -> int:
     album = await resolve_album(client, args.album)
     done = await client.post(f"/albums/{album['album_id']}/rename", {"name": args.name})
     print(f"renamed {album['name']} to {done['name']}")
+    return 0
+
+
+async def cmd_album_folder(args: argparse.Namespace) -> int:
+    client = _client(args)
+    album = await resolve_album(client, args.album)
+    path = str(args.path.expanduser().resolve())
+    done = await client.post(f"/albums/{album['album_id']}/folder", {"path": path})
+    print(f"{done['name']} now syncs {done['path']}")
     return 0
 
 

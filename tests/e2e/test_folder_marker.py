@@ -133,8 +133,8 @@ def test_D1_unmount_move_and_marker(make_daemon, tmp_path: Path, mountpoint: Pat
     moved.rename(again)
     wait(lambda: _album(owner, album)["folder_state"] == "folder_missing", limit=5)
     _member_untouched(target, tree(again))
-    status, body, _ = owner.request("POST", f"/api/v1/albums/{album}/folder", {"path": str(again)})
-    assert status == 200, body
+    # The same through the CLI, as a person would after moving the folder.
+    assert "now syncs" in cli(owner, "album", "folder", album, str(again))
 
     # A folder that is not this album's is refused: no way to adopt an empty or foreign folder.
     empty = tmp_path / "empty"

@@ -400,3 +400,28 @@ def test_thumbnail_cache_survives_a_damaged_index(tmp_path: Path) -> None:
     thumbs = Thumbnails(tmp_path)
     assert thumbs.meta(bytes.fromhex("ab")) is None
     assert thumbs.meta(bytes.fromhex("cd")) == PhotoMeta(image=False, captured=None)
+
+
+async def test_a_moved_folder_is_offered_a_new_location_that_must_carry_the_marker(
+    client: TestClient[Any, Any], core: Core, folder: Path, tmp_path: Path
+) -> None:
+    album_id = await owner_album(client, core, folder)
+    html, _ = await page(client, f"/albums/{album_id}")
+    assert 'id="folder-dialog"' not in html  # nothing to choose while the folder is fine
+    moved = tmp_path / "moved"
+    folder.rename(moved)  # noqa: ASYNC240 - a test step, not a daemon path
+    html, token = await page(client, f"/albums/{album_id}")
+    assert 'id="folder-dialog"' in html
+    assert f'data-api="POST /api/v1/albums/{album_id}/folder"' in html
+    headers = {"X-CSRF-Token": token}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = await client.post(
+        f"/api/v1/albums/{album_id}/folder", json={"path": str(empty)}, headers=headers
+    )
+    assert refused.status == 409
+    done = await client.post(
+        f"/api/v1/albums/{album_id}/folder", json={"path": str(moved)}, headers=headers
+    )
+    assert done.status == 200, await done.text()
+    assert (await done.json())["folder_state"] == "ok"
