@@ -182,10 +182,12 @@ class Transfers:
 
     async def _download(self, pending: Pending) -> None:
         album, file = pending.album, pending.download.file
+        finished = False
         try:
             if await self._fetch_file(pending):
                 await self._finish(pending)
                 self.queue.pop(file.entry_hash, None)
+                finished = True
         except (FolderError, OSError) as exc:
             log.warning("album %s: download of %s failed: %s", album.printable_id, file.path, exc)
             # Retried every second: one line per file, not one per attempt.
@@ -194,7 +196,10 @@ class Transfers:
             log.exception("album %s: download of %s failed", album.printable_id, file.path)
         finally:
             pending.active = False
-            self._kick_later()
+            if finished:  # the next file at once; a failed one is retried after a pause
+                asyncio.get_running_loop().call_soon(self._kick)
+            else:
+                self._kick_later()
 
     def _kick_later(self) -> None:
         loop = asyncio.get_running_loop()
