@@ -74,6 +74,7 @@ class Album:
     problems: list[str] = field(default_factory=list)
     rejected_count: int = 0
     heard_from_peer: bool = False  # a member told us its manifest heads since this daemon started
+    folder_checked: tuple[float, bool] = (float("-inf"), False)  # (monotonic time, marker OK)
     # (membership state, key count) -> names: rebuilt only when either changes (see member_names).
     _names: tuple[MembershipState, int, dict[DeviceId, str]] | None = field(
         default=None, repr=False, compare=False

@@ -1083,8 +1083,17 @@ class Engine:
             text=text,
         )
 
-    def folder_ok(self, album: Album) -> bool:
-        return album.path is not None and album.folder_state() is FolderState.OK
+    def folder_ok(self, album: Album, max_age: float = 0.0) -> bool:
+        """Whether the folder holds this album's marker; `max_age` > 0 accepts a check that
+        recent (serving chunks: a read from a folder gone since then just fails, and the marker
+        check was 12 % of a sender's CPU when done per chunk). Writers always check afresh."""
+        now = time.monotonic()
+        checked_at, ok = album.folder_checked
+        if max_age > 0 and now - checked_at < max_age:
+            return ok
+        ok = album.path is not None and album.folder_state() is FolderState.OK
+        album.folder_checked = (now, ok)
+        return ok
 
     # --- web UI operations: cover, trash ------------------------------------------------------
 

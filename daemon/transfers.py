@@ -36,6 +36,7 @@ log = logging.getLogger("albumsync.transfers")
 WINDOW_PER_PEER = 16  # chunk requests in flight per peer: 4 MiB at 256 KiB chunks
 REQUEST_TIMEOUT = 30.0
 MAX_FILES_AT_ONCE = 4
+SERVE_FOLDER_CHECK_AGE = 1.0  # seconds a folder check stays good for serving chunks
 RATE_WINDOW = 5.0
 LOCAL_TAG = "local"  # conflict tag of a file of this device in the way of an incoming one
 BAD_CHUNK_PENALTY = 5  # a peer that served a bad chunk is asked last for this many requests
@@ -372,7 +373,7 @@ class Transfers:
         if (
             album is None
             or not album.is_reader(conn.peer.public_key)
-            or not self.engine.folder_ok(album)
+            or not self.engine.folder_ok(album, max_age=SERVE_FOLDER_CHECK_AGE)
         ):
             await _send(
                 conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_ALLOWED)
