@@ -68,6 +68,7 @@ class DialState:
     verified: str = ""  # the last address where the handshake proved this device
     upgrade_failures: int = 0  # direct tries that failed while connected through a relay
     upgrade_next_try: float = 0.0
+    retry_now: bool = False  # dial_now() came while a dial was under way: no backoff after it
 
 
 @dataclass
@@ -95,6 +96,7 @@ class PeerManager:
     _lan_seen: dict[DeviceId, list[str]] = field(default_factory=dict)
 
     async def start(self) -> None:
+        self._stopping = False  # a manager may be started again after stop()
         self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
         self.bound_port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._dial_loop())
@@ -135,8 +137,9 @@ class PeerManager:
             conn.close()
 
     def dial_now(self) -> None:
-        for state in self.wanted.values():
+        for device_id, state in self.wanted.items():
             state.next_try = 0.0
+            state.retry_now = device_id in self._dialing
         self._wake.set()
 
     def seen_on_lan(self, device_id: DeviceId, addresses: list[str]) -> None:
@@ -242,6 +245,10 @@ class PeerManager:
             state.next_try = time.monotonic() + min(
                 DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2 ** min(state.failures, 6)
             )
+            if state.retry_now:  # asked to dial now while this attempt ran: do not back off
+                state.retry_now = False
+                state.next_try = 0.0
+                self._wake.set()
             return
         state.failures = 0
         state.next_try = 0.0
