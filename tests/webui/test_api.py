@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +66,33 @@ async def core(home: Path) -> AsyncIterator[Core]:
     await core.close()
 
 
-@pytest.fixture
-async def running_core(home: Path) -> AsyncIterator[Core]:
-    """A started Core (listening on loopback, publisher scanning), stopped at the end."""
+@asynccontextmanager
+async def started(home: Path) -> AsyncIterator[Core]:
+    """A started Core (listening on loopback, publisher scanning), stopped and closed at the end."""
     core = await open_core(home)
-    started, stop = asyncio.Event(), asyncio.Event()
+    ready, stop = asyncio.Event(), asyncio.Event()
 
     async def run() -> None:
         async with asyncio.TaskGroup() as tasks:
             await core.start(tasks)
-            started.set()
+            ready.set()
             await stop.wait()
             await core.stop()
 
     task = asyncio.create_task(run())
-    await asyncio.wait_for(started.wait(), 20)
-    yield core
-    stop.set()
-    await asyncio.wait_for(task, 20)
-    await core.close()
+    await asyncio.wait_for(ready.wait(), 20)
+    try:
+        yield core
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await core.close()
+
+
+@pytest.fixture
+async def running_core(home: Path) -> AsyncIterator[Core]:
+    async with started(home) as core:
+        yield core
 
 
 class Api:

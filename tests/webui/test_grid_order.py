@@ -8,7 +8,6 @@ with other files; and when it must not: a new view object with the same files.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from daemon import reports
 from daemon.album import Album
 from daemon.core import Core
 from protocol.rights import Role
-from tests.webui.test_api import open_core, until
+from tests.webui.test_api import open_core, started, until
 from tests.webui.test_pages import add_local_file, jpeg, member_album
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,22 +38,8 @@ async def core(tmp_path: Path) -> Any:
 async def running_core(tmp_path: Path) -> AsyncIterator[Core]:
     home = tmp_path / "running"
     home.mkdir()
-    core = await open_core(home)
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def run() -> None:
-        async with asyncio.TaskGroup() as tasks:
-            await core.start(tasks)
-            started.set()
-            await stop.wait()
-            await core.stop()
-
-    task = asyncio.create_task(run())
-    await asyncio.wait_for(started.wait(), 20)
-    yield core
-    stop.set()
-    await asyncio.wait_for(task, 20)
-    await core.close()
+    async with started(home) as core:
+        yield core
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import io
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from protocol.manifest_state import ManifestState
 from protocol.membership_log import MembershipLog
 from protocol.rights import Role
 from tests.protocol.membership_helpers import Album as LogBuilder
-from tests.webui.test_api import ClientFactory, open_core, until
+from tests.webui.test_api import ClientFactory, open_core, started, until
 from webui.app import create_app
 from webui.openapi import SCHEMAS
 from webui.session import CSRF_HEADER, SESSION_COOKIE
@@ -49,25 +50,11 @@ async def core(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-async def running_core(tmp_path: Path) -> Any:
+async def running_core(tmp_path: Path) -> AsyncIterator[Core]:
     home = tmp_path / "home"
     home.mkdir()
-    core = await open_core(home)
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def run() -> None:
-        async with asyncio.TaskGroup() as tasks:
-            await core.start(tasks)
-            started.set()
-            await stop.wait()
-            await core.stop()
-
-    task = asyncio.create_task(run())
-    await asyncio.wait_for(started.wait(), 20)
-    yield core
-    stop.set()
-    await asyncio.wait_for(task, 20)
-    await core.close()
+    async with started(home) as core:
+        yield core
 
 
 @pytest.fixture
