@@ -6,11 +6,14 @@ be same-origin with us); it runs before any handler or database access (TESTPLAN
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from daemon.apikey import keys_match
+
+log = logging.getLogger("albumsync.webui")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,6 +74,15 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except web.HTTPException as exc:
         response = exc
+    except Exception:
+        # aiohttp's own 500 would go out without these headers (TESTPLAN W5); the details go
+        # to the log, never to the person.
+        log.exception("%s %s failed", request.method, request.path)
+        response = web.Response(
+            status=500,
+            text="albumsync hit an internal error; the details are in its log.",
+            content_type="text/plain",
+        )
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith("/api/"):
