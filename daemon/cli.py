@@ -197,6 +197,9 @@ def add_api_commands(sub: SubParsers) -> None:
     _add_member_commands(_group(sub, "member", "list members, change roles, remove members"))
     _add_peer_commands(_group(sub, "peer", "devices this one talks to"))
     _add_relay_commands(_group(sub, "relay", "household relays for members outside the LAN"))
+    key = _group(sub, "api-key", "the secret the CLI and scripts present to the local API")
+    p = key.add_parser("rotate", help="replace it; the old key stops working at once")
+    p.set_defaults(func=cmd_api_key_rotate)
     _add_trash_commands(_group(sub, "trash", "files the album moved aside: list and restore them"))
     p = sub.add_parser("status", help="albums and peers: what is left to sync, how fast")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -590,6 +593,12 @@ async def cmd_peer_list(args: argparse.Namespace) -> int:
         ["NAME", "CONNECTION", "ADDRESS", "IN", "OUT", "LAST ERROR", "DEVICE ID"],
         [_peer_row(p) for p in peers],
     )
+    return 0
+
+
+async def cmd_api_key_rotate(args: argparse.Namespace) -> int:
+    done = await _client(args).post("/api-key/rotate")
+    print(f"new API key written to {done['path']}; the old one no longer works")
     return 0
 
 

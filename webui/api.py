@@ -22,6 +22,7 @@ from aiohttp import web
 
 from daemon import reports
 from daemon.album import Album
+from daemon.apikey import rotate_api_key
 from daemon.core import Core
 from daemon.errors import (
     AlbumNotFoundError,
@@ -137,6 +138,7 @@ def setup_api(app: web.Application, core: Core, sessions: Sessions | None = None
         ("GET", "/albums/{album}/history", api.history),
         ("POST", "/albums/{album}/trash/restore", api.restore_from_trash),
         ("GET", "/nearby", api.list_nearby),
+        ("POST", "/api-key/rotate", api.rotate_key),
         ("GET", "/relays", api.list_relays),
         ("POST", "/relays", api.add_relay),
         ("POST", "/relays/remove", api.remove_relay),
@@ -402,6 +404,13 @@ class Api:
         await self.engine.add_peer(device, _peer_address(body["address"]))
         found = next(p for p in reports.peers(self.core) if p.device_id == str(device))
         return _json(found)
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        """A new key in the key file; the old one is refused from the next request on. The new
+        key is never sent back: the CLI (and scripts) read it from the file."""
+        await read_body(request, {})
+        self.core.api_key = await asyncio.to_thread(rotate_api_key, self.core.config.api_key_path)
+        return web.json_response({"rotated": True, "path": str(self.core.config.api_key_path)})
 
     async def list_relays(self, request: web.Request) -> web.Response:
         return _json(reports.relays(self.core))

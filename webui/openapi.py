@@ -441,6 +441,13 @@ PATHS: dict[str, Schema] = {
             "responses": _ok(_ref("PeerStatus")),
         },
     },
+    "/api/v1/api-key/rotate": {
+        "post": {
+            "summary": "replace the API key in the key file; the old key stops working at once",
+            "requestBody": EMPTY_BODY,
+            "responses": _ok(_object({"rotated": BOOL, "path": STR})),
+        },
+    },
     "/api/v1/relays": {
         "get": {"summary": "the relays this device joins", "responses": _ok(_list("RelayInfo"))},
         "post": {

@@ -131,3 +131,23 @@ def test_commands_without_a_running_daemon_say_so(make_daemon: MakeDaemon, tmp_p
     (daemon.home / "daemon.json").write_text(json.dumps({"ui": url, "pid": 1, "peer_port": 1}))
     err = one_sentence_error(albumsync(daemon.home, "album", "list", check=False))
     assert err == f"albumsync: {NOT_RUNNING}"
+
+
+def test_W4_cli_rotates_the_api_key(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon("Rotating")
+    daemon.init()
+    daemon.start()
+    old = daemon.api_key
+    out = albumsync(daemon.home, "api-key", "rotate").stdout
+    assert "no longer works" in out
+    assert daemon.api_key != old
+    assert old not in out
+    assert daemon.api_key not in out
+    status, _, _ = daemon.request("GET", "/api/v1/status", key=old)
+    assert status == 401
+    assert (
+        json.loads(albumsync(daemon.home, "status", "--json").stdout)["device_name"] == "Rotating"
+    )
+    daemon.stop()
+    assert old not in daemon.log()
+    assert daemon.api_key not in daemon.log()

@@ -674,3 +674,17 @@ def test_the_error_table_maps_daemon_errors() -> None:
     for index, (kind, _, _) in enumerate(ERROR_STATUS):
         for later, _, _ in ERROR_STATUS[index + 1 :]:
             assert not issubclass(later, kind), (kind, later)
+
+
+async def test_W4_rotating_the_key_refuses_the_old_one_at_once(api: Api, core: Core) -> None:
+    old = api.key
+    done = await api.post("/api-key/rotate")
+    assert done["rotated"] is True
+    new = core.config.api_key_path.read_text().strip()
+    assert new != old
+    assert new not in json.dumps(done)  # never sent back: read from the 0600 file
+    assert core.config.api_key_path.stat().st_mode & 0o777 == 0o600
+    resp = await api.client.get("/api/v1/status", headers={"X-API-Key": old})
+    assert resp.status == 401
+    resp = await api.client.get("/api/v1/status", headers={"X-API-Key": new})
+    assert resp.status == 200
