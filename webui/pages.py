@@ -133,6 +133,7 @@ async def devices_page(request: web.Request) -> web.StreamResponse:
         id_groups=status.device_id.split("-"),
         nearby=reports.nearby(core),
         peers=reports.peers(core),
+        relays=reports.relays(core),
     )
 
 

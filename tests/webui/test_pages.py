@@ -412,3 +412,14 @@ async def test_a_moved_folder_is_offered_a_new_location_that_must_carry_the_mark
     )
     assert done.status == 200, await done.text()
     assert (await done.json())["folder_state"] == "ok"
+
+
+async def test_devices_page_lists_and_adds_relays(client: TestClient[Any, Any], core: Core) -> None:
+    html, token = await page(client, "/devices")
+    assert 'data-api="POST /api/v1/relays"' in html
+    assert "No relay" in html
+    bad = await client.post(
+        "/api/v1/relays", json={"uri": "relay://x:1/?id=nope"}, headers={"X-CSRF-Token": token}
+    )
+    assert bad.status == 400
+    assert "relay URI" in (await bad.json())["message"]
