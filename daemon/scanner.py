@@ -130,6 +130,26 @@ def hash_file_blocking(folder: AlbumFolder, rel: str, file_key: bytes) -> Hashed
     return HashedFile(content.digest(), chunks, size, after.st_mtime_ns, after.st_ino)
 
 
+def holds_content_blocking(
+    folder: AlbumFolder, rel: str, size: int, content_hash: bytes
+) -> os.stat_result | None:
+    """The file's stat if `rel` holds exactly these bytes (size and plaintext SHA-256), else None."""
+    try:
+        fd = folder.open_read(rel)
+    except (FolderError, OSError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_size != size:
+            return None
+        digest = hashlib.sha256()
+        while block := os.read(fd, CHUNK_SIZE):
+            digest.update(block)
+        return st if digest.digest() == content_hash else None
+    finally:
+        os.close(fd)
+
+
 def read_chunk_blocking(
     folder: AlbumFolder, rel: str, index: int, file_key: bytes, expected_id: bytes | None = None
 ) -> bytes:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from daemon.album import Album, LocalFile
 from daemon.connection import Connection, ConnectionClosedError
-from daemon.files import AlbumFolder, FolderError, LocalChangeError, PartialFile
+from daemon.files import AlbumFolder, FinishedFile, FolderError, LocalChangeError, PartialFile
 from daemon.planner import Download, plan
 from daemon.publisher import EDIT_TAG, clear_problem, note_problem
-from daemon.scanner import read_chunk_blocking
+from daemon.scanner import holds_content_blocking, read_chunk_blocking
 from protocol.album_view import LiveFile
 from protocol.chunks import CHUNK_SIZE, TAG_SIZE, chunk_bounds, decrypt_chunk
 from protocol.errors import VerificationError
@@ -333,9 +333,24 @@ class Transfers:
         try:
             finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, expected)
         except LocalChangeError:
-            # Something local sits at the path: keep it under a conflict name, then retry once.
-            await self._set_aside(album, folder, file.path)
-            finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
+            same = await asyncio.to_thread(
+                holds_content_blocking, folder, file.path, file.size, file.payload.content_hash
+            )
+            if same is not None:
+                # These very bytes: our own finish, killed after its rename and before the index
+                # knew (E1). Keep that file; a conflict copy of identical bytes helps nobody.
+                await asyncio.to_thread(partial.discard)
+                finished = FinishedFile(
+                    rel=file.path,
+                    size=same.st_size,
+                    mtime_ns=same.st_mtime_ns,
+                    inode=same.st_ino,
+                    replaced=None,
+                )
+            else:
+                # Something else sits at the path: keep it under a conflict name, then retry.
+                await self._set_aside(album, folder, file.path)
+                finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
         finally:
             partial.close()
         for stale in [
