@@ -115,6 +115,7 @@ class Core:
             await self.discovery.stop()
         await self.engine.peers.stop()
         await self.engine.transfers.stop()  # type: ignore[attr-defined]
+        await self.engine.flush_notices()
 
     def _seen_nearby(self, device_id: str, addresses: list[tuple[str, int]]) -> None:
         """A LAN announcement: candidate addresses, dialed when _wants_nearby (the handshake proves who it is)."""

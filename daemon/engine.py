@@ -114,7 +114,7 @@ class Engine:
     peer_names: dict[DeviceId, str] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     _received: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
-    _flushing: set[tuple[bytes, bytes]] = field(default_factory=set)
+    _flushing: dict[tuple[bytes, bytes], asyncio.TimerHandle] = field(default_factory=dict)
     _open_invite_targets: set[str | None] = field(default_factory=set)
     nearby: set[DeviceId] = field(default_factory=set)
     relay_uris: Callable[[], tuple[str, ...]] = field(default=lambda: ())  # set by Core
@@ -1056,13 +1056,18 @@ class Engine:
         key = (album.album_id, file.author)
         self._received[key] = self._received.get(key, 0) + 1
         if key not in self._flushing:
-            self._flushing.add(key)
-            asyncio.get_running_loop().call_later(
+            self._flushing[key] = asyncio.get_running_loop().call_later(
                 2.0, lambda: asyncio.ensure_future(self._flush_received(key))
             )
 
+    async def flush_notices(self) -> None:
+        """Write the notices still being batched (at stop, while the store is open)."""
+        for key, handle in list(self._flushing.items()):
+            handle.cancel()
+            await self._flush_received(key)
+
     async def _flush_received(self, key: tuple[bytes, bytes]) -> None:
-        self._flushing.discard(key)
+        self._flushing.pop(key, None)
         count = self._received.pop(key, 0)
         album = self.albums.get(key[0])
         if album is None or count == 0:
