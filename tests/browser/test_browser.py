@@ -238,7 +238,11 @@ def _album_id(daemon: Daemon) -> str:
 
 
 def _reloaded(page: Any) -> bool:
-    page.reload()
+    """Reload; False when the page was navigating by itself (our JS reloads after an action)."""
+    try:
+        page.reload()
+    except sync_api.Error:
+        return False
     return True
 
 

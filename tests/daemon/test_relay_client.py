@@ -104,13 +104,14 @@ def relay(strelaysrv: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def short_timeout_relay(
     strelaysrv: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Relay]:
-    # The relay never pings within a test (1 min) and cuts a connection silent for 2 s: only the
-    # client's own pings can keep it joined.
+    # The relay never pings within a test (1 min) and cuts a connection silent for 3 s: only the
+    # client's own pings can keep it joined. (2 s also cut a fresh session before its second end
+    # had joined when CI was busy.)
     running = start_relay(
         strelaysrv,
         tmp_path_factory.mktemp("relay-keys-short"),
         "-ping-interval=1m",
-        "-network-timeout=2s",
+        "-network-timeout=3s",
         "-message-timeout=5s",
     )
     yield running
@@ -399,7 +400,7 @@ async def test_keepalive_idle_client_stays_joined_past_the_network_timeout(
     bob = make_peer(uri, ping_interval=0.5)
     silent = make_peer(uri, ping_interval=60.0)  # the control: no pings of its own
     await joined(alice, bob, silent)
-    await asyncio.sleep(5.0)  # 2.5 x the relay's network timeout, and no relay ping
+    await asyncio.sleep(7.5)  # 2.5 x the relay's network timeout, and no relay ping
     for peer in (alice, bob):
         assert peer.client.state is RelayState.JOINED
         assert peer.client.status.joins == 1, f"cut and rejoined: {peer.client.status}"
