@@ -38,6 +38,7 @@ from protocol.messages import (
     Pong,
     Statements,
 )
+from protocol.stream import HeaderedStream
 
 PROTOCOL_VERSION = 1
 HEADER_SIZE = 6
@@ -125,71 +126,20 @@ def decode_frame(data: Bytes) -> Message:
     return _decode_payload(row, bytes(data[HEADER_SIZE:]))
 
 
-class FrameDecoder:
+class FrameDecoder(HeaderedStream[Message]):
     """Frames from a byte stream fed in pieces; any error kills it for good (every call raises)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        # Offset in _buffer of the first header not yet checked: every header before it is valid,
-        # so what is buffered is bounded by the lengths those headers were allowed to claim.
-        self._unchecked = 0
-        self._error: RemoteProtocolError | None = None
-
-    def receive_data(self, data: Bytes) -> None:
-        """Take the next bytes of the stream; a bad header raises before its payload is kept."""
-        self._check_alive()
-        try:
-            self._unchecked = self._scan(data)
-        except RemoteProtocolError as err:
-            self._die(err)
-            raise
-        self._buffer += data
+        super().__init__(
+            header_size=HEADER_SIZE,
+            body_length=_frame_length,
+            decode=_decode_frame_body,
+            failed="the frame stream already failed and cannot continue",
+        )
 
     def next_frame(self) -> Message | None:
         """The next complete message, or None until more bytes arrive."""
-        self._check_alive()
-        if len(self._buffer) < HEADER_SIZE:
-            return None
-        _, code, length = _HEADER.unpack_from(self._buffer)
-        end = HEADER_SIZE + length
-        if len(self._buffer) < end:
-            return None
-        payload = bytes(self._buffer[HEADER_SIZE:end])
-        del self._buffer[:end]
-        self._unchecked -= end
-        try:
-            return _decode_payload(MESSAGE_TYPES[code], payload)
-        except RemoteProtocolError as err:
-            self._die(err)
-            raise
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet returned as messages."""
-        return len(self._buffer)
-
-    def _scan(self, data: Bytes) -> int:
-        pos = self._unchecked
-        have = len(self._buffer)
-        total = have + len(data)
-        while pos + HEADER_SIZE <= total:
-            if pos >= have:
-                header = bytes(data[pos - have : pos - have + HEADER_SIZE])
-            else:  # a header split across calls: its start is the tail of the buffer
-                header = bytes(self._buffer[pos:]) + bytes(data[: HEADER_SIZE - (have - pos)])
-            _, length = _check_header(header)
-            pos += HEADER_SIZE + length
-        return pos
-
-    def _check_alive(self) -> None:
-        if self._error is not None:
-            raise RemoteProtocolError(
-                f"the frame stream already failed and cannot continue: {self._error.message}"
-            )
-
-    def _die(self, err: RemoteProtocolError) -> None:
-        self._error = err
-        self._buffer = bytearray()
+        return self.next_message()
 
 
 _BY_CLASS: Mapping[type[Message], MessageType] = {row.cls: row for row in MESSAGE_TYPES.values()}
@@ -223,6 +173,14 @@ def _check_header(header: bytes) -> tuple[MessageType, int]:
             f"the limit is {row.max_payload}"
         )
     return row, length
+
+
+def _frame_length(header: bytes) -> int:
+    return _check_header(header)[1]
+
+
+def _decode_frame_body(header: bytes, payload: bytes) -> Message:
+    return _decode_payload(MESSAGE_TYPES[_HEADER.unpack(header)[1]], payload)
 
 
 def _decode_payload(row: MessageType, payload: bytes) -> Message:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from protocol.errors import DecodeError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.ids import ID_SIZE, DeviceId
+from protocol.stream import HeaderedStream
 
 MAGIC = 0x9E79BC40
 HEADER_SIZE = 12
@@ -228,68 +229,16 @@ def decode_body(header: Header, body: Bytes) -> RelayMessage:
     return decoder(_XdrReader(bytes(body), _name(header.message_type)))
 
 
-class RelayDecoder:
+class RelayDecoder(HeaderedStream[RelayMessage]):
     """Relay messages from a byte stream fed in pieces; any error kills it (every call raises)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        # Offset of the first header not yet checked: every header before it is valid, so the
-        # buffer holds at most what those headers may claim plus one partial header.
-        self._unchecked = 0
-        self._error: RemoteProtocolError | None = None
-
-    def receive_data(self, data: Bytes) -> None:
-        """Take the next bytes; a bad header raises before the bytes behind it are kept."""
-        self._check_alive()
-        try:
-            self._unchecked = self._scan(data)
-        except RemoteProtocolError as err:
-            self._die(err)
-            raise
-        self._buffer += data
-
-    def next_message(self) -> RelayMessage | None:
-        """The next complete message, or None until more bytes arrive."""
-        self._check_alive()
-        if len(self._buffer) < HEADER_SIZE:
-            return None
-        header = parse_header(self._buffer[:HEADER_SIZE])  # checked already: cannot raise
-        end = HEADER_SIZE + header.length
-        if len(self._buffer) < end:
-            return None
-        body = bytes(self._buffer[HEADER_SIZE:end])
-        del self._buffer[:end]
-        self._unchecked -= end
-        try:
-            return decode_body(header, body)
-        except RemoteProtocolError as err:
-            self._die(err)
-            raise
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet returned as messages (non-zero at EOF: a cut message)."""
-        return len(self._buffer)
-
-    def _scan(self, data: Bytes) -> int:
-        pos, have = self._unchecked, len(self._buffer)
-        while pos + HEADER_SIZE <= have + len(data):
-            if pos >= have:
-                header = bytes(data[pos - have : pos - have + HEADER_SIZE])
-            else:  # a header split across calls: its start is the tail of the buffer
-                header = bytes(self._buffer[pos:]) + bytes(data[: HEADER_SIZE - (have - pos)])
-            pos += HEADER_SIZE + parse_header(header).length
-        return pos
-
-    def _check_alive(self) -> None:
-        if self._error is not None:
-            raise RemoteProtocolError(
-                f"the relay message stream already failed: {self._error.message}"
-            )
-
-    def _die(self, err: RemoteProtocolError) -> None:
-        self._error = err
-        self._buffer = bytearray()
+        super().__init__(
+            header_size=HEADER_SIZE,
+            body_length=lambda header: parse_header(header).length,
+            decode=lambda header, body: decode_body(parse_header(header), body),
+            failed="the relay message stream already failed",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
