@@ -51,6 +51,7 @@ from protocol.rights import Role
 
 if TYPE_CHECKING:
     from daemon.core import Core
+    from daemon.relays import RelayEntry
     from daemon.thumbnails import Thumbnails
 
 LIVE_STATES = ("active", "invited")  # the album syncs, or its invite waits for an answer
@@ -391,18 +392,20 @@ async def status_report(core: Core) -> StatusReport:
 
 def relays(core: Core) -> list[RelayInfo]:
     """The relays this device joins, and how each connection is doing."""
-    return [
-        RelayInfo(
-            uri=entry.uri,
-            source=entry.source,
-            state=entry.status.state.value,
-            last_error=entry.status.last_error or "",
-            since=entry.status.since,
-            joins=entry.status.joins,
-            invitations_dropped=entry.status.invitations_dropped,
-        )
-        for entry in core.relays.entries()
-    ]
+    return [relay_info(entry) for entry in core.relays.entries()]
+
+
+def relay_info(entry: RelayEntry) -> RelayInfo:
+    status = entry.status
+    return RelayInfo(
+        uri=entry.uri,
+        source=entry.source,
+        state=status.state.value,
+        last_error=status.last_error or "",
+        since=status.since,
+        joins=status.joins,
+        invitations_dropped=status.invitations_dropped,
+    )
 
 
 def _folder_problem(album: Album, state: FolderState | None) -> tuple[str, ...]:

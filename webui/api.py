@@ -419,8 +419,7 @@ class Api:
         body = await read_body(
             request, {"uri": Field(str, required=True, max_chars=MAX_RELAY_CHARS)}
         )
-        entry = await self.core.relays.add(body["uri"])
-        return _json(next(r for r in reports.relays(self.core) if r.uri == entry.uri))
+        return _json(reports.relay_info(await self.core.relays.add(body["uri"])))
 
     async def remove_relay(self, request: web.Request) -> web.Response:
         body = await read_body(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -19,21 +18,16 @@ import pytest
 from daemon.core import Core
 from protocol.rights import Role
 from tests.daemon.test_engine_sync import make_core, running, tree, until
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_E1_a_file_renamed_before_the_index_knew_is_taken_as_is(tmp_path: Path) -> None:
     made = await make_core(tmp_path / "owner", "Owner")
     await made.close()
     # A fixed port: the member must find the owner again after both restart.
-    owner = await Core.open(dataclasses.replace(made.config, listen_port=_free_port()))
+    owner = await Core.open(dataclasses.replace(made.config, listen_port=free_port()))
     member = await make_core(tmp_path / "member", "Member")
     photos = tmp_path / "photos"
     photos.mkdir()

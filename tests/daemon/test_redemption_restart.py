@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -14,21 +13,16 @@ from daemon import reports
 from daemon.core import Core
 from protocol.rights import Role
 from tests.daemon.test_engine_sync import make_core, running, tree, until
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_redemption_waits_across_a_restart(tmp_path: Path) -> None:
     made = await make_core(tmp_path / "owner", "Owner laptop")
     await made.close()
     # A fixed port: the code names the owner's address, which must still hold after its restart.
-    owner_config = dataclasses.replace(made.config, listen_port=_free_port())
+    owner_config = dataclasses.replace(made.config, listen_port=free_port())
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(3):
