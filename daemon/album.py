@@ -59,6 +59,52 @@ class LocalFile:
         }
 
 
+class LocalIndex(dict[str, LocalFile]):
+    """The local index by path, which also finds the rows holding a given manifest file.
+
+    Finishing a download asks "which other paths hold this file?"; scanning every row for that
+    made receiving N files quadratic. Rows are replaced, never edited in place, while indexed.
+    """
+
+    def __init__(self, rows: Iterable[tuple[str, LocalFile]] = ()) -> None:
+        super().__init__()
+        self._by_file: dict[tuple[bytes, bytes], set[str]] = {}
+        for path, row in rows:
+            self[path] = row
+
+    def __setitem__(self, path: str, row: LocalFile) -> None:
+        self._unlink(path)
+        super().__setitem__(path, row)
+        if (key := row.file) is not None:
+            self._by_file.setdefault(key, set()).add(path)
+
+    def __delitem__(self, path: str) -> None:
+        self._unlink(path)
+        super().__delitem__(path)
+
+    def pop(self, path: str, *default: LocalFile | None) -> LocalFile | None:  # type: ignore[override]
+        self._unlink(path)
+        return super().pop(path, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_file.clear()
+
+    def holding(self, key: tuple[bytes, bytes]) -> list[LocalFile]:
+        """The rows that hold manifest file `key`, by path."""
+        return [self[p] for p in sorted(self._by_file.get(key, ()))]
+
+    def _unlink(self, path: str) -> None:
+        old = self.get(path)
+        if old is None or (key := old.file) is None:
+            return
+        paths = self._by_file.get(key)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._by_file[key]
+
+
 @dataclass
 class Album:
     album_id: bytes
@@ -69,7 +115,7 @@ class Album:
     path: Path | None = None
     keys: dict[int, bytes] = field(default_factory=dict)
     view: AlbumView | None = None
-    local: dict[str, LocalFile] = field(default_factory=dict)
+    local: LocalIndex = field(default_factory=LocalIndex)
     chain: AuthorChain | None = None
     problems: list[str] = field(default_factory=list)
     rejected_count: int = 0

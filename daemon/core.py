@@ -67,6 +67,7 @@ class Core:
         """Load albums, listen for peers, announce on the LAN, and start the background services."""
         engine = self.engine
         await engine.load()
+        engine.refresher.start()
         await engine.refresh_open_invites()
         engine.peers.wants_nearby = self._wants_nearby
         await engine.peers.start()
@@ -114,6 +115,7 @@ class Core:
         if self.discovery is not None:
             await self.discovery.stop()
         await self.engine.peers.stop()
+        await self.engine.refresher.stop()
         await self.engine.transfers.stop()  # type: ignore[attr-defined]
         await self.engine.flush_notices()
 

@@ -26,6 +26,7 @@ from daemon.errors import AlbumNotFoundError, ConfigError, DaemonError, NotPermi
 from daemon.files import AlbumFolder, FolderState
 from daemon.identity import Identity
 from daemon.peers import PeerManager
+from daemon.refresher import Refresher
 from daemon.store import Store
 from protocol import membership_entries, statements
 from protocol.album_view import LiveFile
@@ -41,7 +42,7 @@ from protocol.invite import (
     redeem_proof,
     verify_redeem_proof,
 )
-from protocol.manifest import decode_entry as decode_manifest_entry
+from protocol.manifest import entry_hash
 from protocol.manifest_state import Arrival, ManifestState
 from protocol.membership import Status
 from protocol.membership_builders import (
@@ -122,8 +123,10 @@ class Engine:
     peers: PeerManager = field(init=False)
     transfers: object = field(init=False)  # daemon.transfers.Transfers, set in start()
     publisher: object = field(init=False)  # daemon.publisher.Publisher
+    refresher: Refresher = field(init=False)
 
     def __post_init__(self) -> None:
+        self.refresher = Refresher(self.refresh_album)
         self.peers = PeerManager(
             identity=self.identity,
             policy=self,
@@ -446,12 +449,8 @@ class Engine:
 
     async def on_manifest_request(self, conn: Connection, message: ManifestRequest) -> None:
         album = self._album_for_peer(message.album, conn)
-        wanted = [
-            s.envelope
-            for s in album.manifest.entries(message.author)
-            if s.entry.seq > message.after_seq
-        ]
-        for batch in _batches(wanted[: message.limit]):
+        wanted = album.manifest.entries_after(message.author, message.after_seq, message.limit)
+        for batch in _batches(s.envelope for s in wanted):
             await conn.send(ManifestEntries(album=album.album_id, entries=batch))
 
     async def on_manifest_entries(self, conn: Connection, message: ManifestEntries) -> None:
@@ -459,11 +458,12 @@ class Engine:
         fresh = await self.add_manifest_entries(album, message.entries)
         if fresh:
             await self._forward(album, ManifestEntries, fresh, exclude=conn)
-            await self.refresh_album(album)
+            self.refresher.soon(album)
         # A long history arrives one page per request: ask for the next page of each author this
         # message advanced (an up-to-date peer answers nothing). Sending our own heads instead
         # left a new member at the first 1,000 entries of an author until the next reconnect.
-        for author in {decode_manifest_entry(e).entry.author for e in fresh}:
+        authors = {s.entry.author for e in fresh if (s := album.manifest.entry(entry_hash(e)))}
+        for author in authors:
             after = album.manifest.head(author)[0]
             request = ManifestRequest(
                 album=album.album_id, author=author, after_seq=after, limit=MAX_BATCH_ITEMS
@@ -484,7 +484,8 @@ class Engine:
                 continue
             if arrival is Arrival.DUPLICATE:
                 continue
-            signed = decode_manifest_entry(envelope)
+            signed = album.manifest.entry(entry_hash(envelope))  # verified once, by add()
+            assert signed is not None
             rows.append((signed.entry.author, signed.entry.seq, signed.hash, envelope))
             fresh.append(envelope)
         if rows:

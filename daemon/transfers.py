@@ -353,9 +353,7 @@ class Transfers:
                 finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
         finally:
             partial.close()
-        for stale in [
-            r for r in album.local.values() if r.file == file.key and r.path != file.path
-        ]:
+        for stale in [r for r in album.local.holding(file.key) if r.path != file.path]:
             await self._trash(album, folder, stale)
         row = _row_for(file, file.path, finished.size, finished.mtime_ns, finished.inode)
         await self._record(album, row, [c.chunk_id for c in file.chunks])

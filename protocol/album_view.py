@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from protocol.chunks import ChunkRef
 from protocol.errors import LocalProtocolError, VerificationError
@@ -90,10 +91,20 @@ class AlbumView:
     forks: tuple[Fork, ...]
 
     def file_at(self, path: str) -> LiveFile | None:
-        return next((f for f in self.files if f.path == path), None)
+        return self._by_path.get(path)
 
     def file(self, key: FileKey) -> LiveFile | None:
-        return next((f for f in self.files if f.key == key), None)
+        return self._by_key.get(key)
+
+    # Built on first use: the daemon looks files up once per received file or index row, and a
+    # linear search made that quadratic in the album's size.
+    @cached_property
+    def _by_path(self) -> dict[str, LiveFile]:
+        return {f.path: f for f in self.files}
+
+    @cached_property
+    def _by_key(self) -> dict[FileKey, LiveFile]:
+        return {f.key: f for f in self.files}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -235,8 +235,12 @@ def check_payload(payload: Payload) -> Payload:
     return replace(payload, name=name) if name != payload.name else payload
 
 
-def _hash(envelope: bytes) -> bytes:
+def entry_hash(envelope: bytes) -> bytes:
+    """The hash that names an entry: of its whole envelope, so no decoding is needed."""
     return hashlib.sha256(envelope).digest()
+
+
+_hash = entry_hash
 
 
 def _clear_fields(entry: Entry) -> dict[str, object]:

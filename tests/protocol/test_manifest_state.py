@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import manifest_state
 from protocol.errors import DecodeError, Reason, VerificationError
@@ -263,3 +265,27 @@ def test_remove_of_anothers_file_needs_the_owner_even_for_a_stranger_file() -> N
     (verdict,) = state.judge(RIGHTS, {0}).rejected
     assert verdict.reason is Reason.NOT_AUTHORIZED
     assert "others added" in verdict.message
+
+
+_MAIN = _chain(10)
+_FORK = _chain(6, label=b"fork")  # the same author from seq 1 again: a fork at every seq
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    main=st.sets(st.integers(0, len(_MAIN) - 1)),
+    fork=st.sets(st.integers(0, len(_FORK) - 1)),
+    after=st.integers(-1, 12),
+    limit=st.integers(0, 25),
+)
+def test_entries_after_is_a_page_of_entries(
+    main: set[int], fork: set[int], after: int, limit: int
+) -> None:
+    """A page served to a catching-up peer is exactly the slice of the full listing, with gaps,
+    held entries and forked siblings."""
+    state = ManifestState(ALBUM)
+    for signed in [_MAIN[i] for i in sorted(main)] + [_FORK[i] for i in sorted(fork)]:
+        state.add(signed.envelope)
+    expected = tuple(s for s in state.entries(EDITOR.public) if s.entry.seq > after)[:limit]
+    assert state.entries_after(EDITOR.public, after, limit) == expected
+    assert state.entries_after(STRANGER.public, after, limit) == ()
