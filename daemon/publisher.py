@@ -45,6 +45,7 @@ def clear_problem(album: Album, path: str) -> None:
 HASH_WORKERS = 2  # hashing and AES-GCM release the GIL: one per core
 WATCH_SETTLE = 0.5  # seconds after a watcher (re)start when a second full scan covers its set-up
 RESCAN_CHANGED = 1.0  # seconds until a file that changed while it was hashed is scanned again
+MAX_PUBLISH_BATCH = 512  # files signed and committed in one transaction
 EDIT_TAG = "edited"  # conflict tag of a local edit of another member's photo (names.conflict_name)
 
 
@@ -142,6 +143,7 @@ class Publisher:
                 album.problems.append(message)
                 await self.engine.activity(album, "error", message)
             return
+        had_folder_problem = any(p.startswith("folder ") for p in album.problems)
         album.problems = [p for p in album.problems if not p.startswith("folder ")]
         async with self.lock:
             known = {p: KnownFile(r.size, r.mtime_ns, r.inode) for p, r in album.local.items()}
@@ -150,82 +152,162 @@ class Publisher:
             except FolderError as exc:
                 log.warning("album %s: scan refused: %s", album.printable_id, exc)
                 return
-            published = await self._publish_changed(album, result.changed)
-            published += await self._publish_vanished(album, result.vanished)
-        if published:
-            await self.engine.broadcast_manifest(album, published)
-        await self.engine.refresh_album(album)
+            await self._publish_changed(album, result.changed)  # broadcast batch by batch
+            removed = await self._publish_vanished(album, result.vanished)
+        if removed:
+            await self.engine.broadcast_manifest(album, removed)
+        # A scan that found nothing new (the usual case: the watcher reporting a file a download
+        # just put in place) leaves the view and the folder as they were.
+        if result.changed or result.vanished or had_folder_problem:
+            self.engine.refresher.soon(album)
 
     async def _publish_changed(self, album: Album, changed: list[ScannedFile]) -> list[bytes]:
+        """Hash and publish new and modified files; every committed batch goes out at once.
+
+        Hashing runs in HASH_WORKERS threads; a single committer signs whatever hashes are ready
+        and writes them in one transaction (one fsync for many files instead of one each), so a
+        100,000-file folder is not 100,000 commits, and peers hear of the first files while the
+        rest are still being hashed.
+        """
+        to_hash = await self._sort_changed(album, changed)
+        if not to_hash:
+            return []
+        ready: asyncio.Queue[_Hashed | None] = asyncio.Queue()
+        pending = iter(to_hash)
+
+        async def hash_worker() -> None:
+            for scanned, row in pending:  # a shared iterator: each file goes to one worker
+                hashed = await self._hash(album, scanned)
+                if hashed is not None:
+                    ready.put_nowait(_Hashed(scanned.path, hashed[0], hashed[1], row))
+
+        async def hash_all() -> None:
+            try:
+                await asyncio.gather(*(hash_worker() for _ in range(HASH_WORKERS)))
+            finally:
+                ready.put_nowait(None)
+
+        hashing = asyncio.ensure_future(hash_all())
+        try:
+            return await self._commit_as_ready(album, ready)
+        finally:
+            hashing.cancel()
+            await asyncio.gather(hashing, return_exceptions=True)
+
+    async def _sort_changed(
+        self, album: Album, changed: list[ScannedFile]
+    ) -> list[tuple[ScannedFile, LocalFile | None]]:
+        """Deal with what needs no hash (edits of others' photos, a viewer's files); the rest,
+        with the row each replaces, is to be hashed and published."""
         role = album.my_role
         may_add = role is not None and role >= Role.EDITOR
-        envelopes: list[bytes] = []
-        semaphore = asyncio.Semaphore(HASH_WORKERS)
-
-        async def one(scanned: ScannedFile) -> None:
+        to_hash: list[tuple[ScannedFile, LocalFile | None]] = []
+        local_only: list[LocalFile] = []
+        for scanned in changed:
             row = album.local.get(scanned.path)
             if row is not None and (row.size, row.mtime_ns, row.inode) == (
                 scanned.size,
                 scanned.mtime_ns,
                 scanned.inode,
             ):
-                return  # indexed meanwhile (a download finished during the walk)
+                continue  # indexed meanwhile (a download finished during the walk)
             if row is not None and row.file is not None and row.file_author != album.me.public:
                 await self._set_aside_edit(album, scanned)
-                return
-            if not may_add:
-                await self._record_local_only(album, scanned)
-                return
-            folder = album.folder
-            assert folder is not None  # scan() checked it
-            async with semaphore:
-                file_key = new_file_key(os.urandom)
-                try:
-                    hashed = await asyncio.to_thread(
-                        hash_file_blocking, folder, scanned.path, file_key
-                    )
-                except FileChangedError as exc:
-                    # Never publish bytes that changed under the hash; try again once the
-                    # writer had time to finish (the watcher may have reported its last write
-                    # before this scan read it).
-                    log.info(
-                        "album %s: %s not published yet: %s", album.printable_id, scanned.path, exc
-                    )
-                    asyncio.get_running_loop().call_later(
-                        RESCAN_CHANGED, self.schedule, album, [scanned.path]
-                    )
-                    return
-                except FolderError as exc:
-                    # Unreadable (mode 000, I/O error): the person must see which file and why.
-                    log.warning("album %s: %s", album.printable_id, exc)
-                    note_problem(album, scanned.path, f"not synced: {exc.message}")
-                    return
-            try:
-                envelope = await self._publish_file(album, scanned.path, hashed, file_key, row)
-            except Exception:
-                # One file's failure must not abort the others (nor leave them half published).
-                log.exception("album %s: publishing %s failed", album.printable_id, scanned.path)
-                album.problems.append(f"{scanned.path}: could not be published; see the log")
-                return
-            if envelope is not None:
-                envelopes.append(envelope)
+            elif not may_add:
+                local_only.append(_local_only_row(scanned))
+            else:
+                to_hash.append((scanned, row))
+        if local_only:
+            await self._record_local_only(album, local_only)
+        return to_hash
 
-        await asyncio.gather(*(one(s) for s in changed))
+    async def _commit_as_ready(
+        self, album: Album, ready: asyncio.Queue[_Hashed | None]
+    ) -> list[bytes]:
+        """Publish what `ready` yields, as many as are waiting per transaction, until None."""
+        envelopes: list[bytes] = []
+        done = False
+        while not done:
+            batch: list[_Hashed] = []
+            item = await ready.get()
+            while True:
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+                if len(batch) >= MAX_PUBLISH_BATCH or ready.empty():
+                    break
+                item = ready.get_nowait()
+            published = await self._publish_batch(album, batch) if batch else []
+            if published:
+                envelopes += published
+                await self.engine.broadcast_manifest(album, published)
         return envelopes
 
-    async def _publish_file(
-        self, album: Album, path: str, hashed: HashedFile, file_key: bytes, row: LocalFile | None
-    ) -> bytes | None:
+    async def _hash(self, album: Album, scanned: ScannedFile) -> tuple[HashedFile, bytes] | None:
+        """Hash and encrypt one file off the loop; None (and a retry or a problem) if it failed."""
+        folder = album.folder
+        assert folder is not None  # scan() checked it
+        file_key = new_file_key(os.urandom)
+        try:
+            hashed = await asyncio.to_thread(hash_file_blocking, folder, scanned.path, file_key)
+        except FileChangedError as exc:
+            # Never publish bytes that changed under the hash; try again once the writer had
+            # time to finish (the watcher may have reported its last write before this scan
+            # read it).
+            log.info("album %s: %s not published yet: %s", album.printable_id, scanned.path, exc)
+            asyncio.get_running_loop().call_later(
+                RESCAN_CHANGED, self.schedule, album, [scanned.path]
+            )
+            return None
+        except FolderError as exc:
+            # Unreadable (mode 000, I/O error): the person must see which file and why.
+            log.warning("album %s: %s", album.printable_id, exc)
+            note_problem(album, scanned.path, f"not synced: {exc.message}")
+            return None
+        return hashed, file_key
+
+    async def _publish_batch(self, album: Album, batch: list[_Hashed]) -> list[bytes]:
+        """Sign the batch's entries and store them with their index rows in one transaction."""
+        signed: list[tuple[bytes, LocalFile, list[bytes]]] = []
+        for item in batch:
+            try:
+                made = self._sign(album, item)
+            except Exception:
+                # One file's failure must not abort the others (nor leave them half published).
+                log.exception("album %s: publishing %s failed", album.printable_id, item.path)
+                album.problems.append(f"{item.path}: could not be published; see the log")
+                continue
+            if made is not None:
+                signed.append(made)
+                # In memory first: whatever happens to the write below, a rescan must not
+                # publish the file a second time.
+                album.local[item.path] = made[1]
+                clear_problem(album, item.path)
+        if not signed:
+            return []
+        store = self.engine.store
+        # On disk, entries and index rows commit together or not at all.
+        async with store.transaction():
+            await self.engine.add_manifest_entries(album, [envelope for envelope, _, _ in signed])
+            for _, row, chunk_ids in signed:
+                await store.put_local_file(album.album_id, row.row())
+                await store.put_chunk_index(album.album_id, row.path, chunk_ids)
+        return [envelope for envelope, _, _ in signed]
+
+    def _sign(self, album: Album, item: _Hashed) -> tuple[bytes, LocalFile, list[bytes]] | None:
+        """The signed entry of one hashed file, its index row and its chunk IDs."""
         current = album.current_epoch_key()
         if current is None:
             return None
         epoch, epoch_key = current
+        hashed, row = item.hashed, item.row
         payload = Payload(
-            name=path,
+            name=item.path,
             size=hashed.size,
             mtime_ns=hashed.mtime_ns,
             content_hash=hashed.content_hash,
-            file_key=file_key,
+            file_key=item.file_key,
             chunks=tuple(hashed.chunks),
         )
         chain = album.ensure_chain()
@@ -235,11 +317,11 @@ class Publisher:
             else:
                 signed = chain.add(epoch, epoch_key, payload, os.urandom)
         except ProtocolError as exc:
-            log.warning("album %s: cannot publish %s: %s", album.printable_id, path, exc)
+            log.warning("album %s: cannot publish %s: %s", album.printable_id, item.path, exc)
             album.chain = None
             return None
         new_row = LocalFile(
-            path=path,
+            path=item.path,
             size=hashed.size,
             mtime_ns=hashed.mtime_ns,
             inode=hashed.inode,
@@ -247,30 +329,17 @@ class Publisher:
             file_author=album.me.public,
             file_id=signed.entry.file_id,
             entry_hash=signed.hash,
-            file_key=file_key,
+            file_key=item.file_key,
             state="synced",
         )
-        clear_problem(album, path)
-        # In memory first: whatever happens to the write below, a rescan must not publish the
-        # file a second time. On disk, entry and index rows commit together or not at all.
-        album.local[path] = new_row
-        store = self.engine.store
-        async with store.transaction():
-            await self.engine.add_manifest_entries(album, [signed.envelope])
-            await store.put_local_file(album.album_id, new_row.row())
-            await store.put_chunk_index(album.album_id, path, [c.chunk_id for c in hashed.chunks])
-        return signed.envelope
+        return signed.envelope, new_row, [c.chunk_id for c in hashed.chunks]
 
-    async def _record_local_only(self, album: Album, scanned: ScannedFile) -> None:
-        row = LocalFile(
-            path=scanned.path,
-            size=scanned.size,
-            mtime_ns=scanned.mtime_ns,
-            inode=scanned.inode,
-            state="local_only",
-        )
-        album.local[scanned.path] = row
-        await self.engine.store.put_local_file(album.album_id, row.row())
+    async def _record_local_only(self, album: Album, rows: list[LocalFile]) -> None:
+        for row in rows:
+            album.local[row.path] = row
+        async with self.engine.store.transaction():
+            for row in rows:
+                await self.engine.store.put_local_file(album.album_id, row.row())
 
     async def _set_aside_edit(self, album: Album, scanned: ScannedFile) -> None:
         """Another member's photo was edited here: keep the edit as our own file, restore theirs."""
@@ -323,3 +392,23 @@ class Publisher:
             await self.engine.add_manifest_entries(album, [signed.envelope])
             envelopes.append(signed.envelope)
         return envelopes
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    """A file hashed for publishing, and the index row it replaces (None for a new file)."""
+
+    path: str
+    hashed: HashedFile
+    file_key: bytes
+    row: LocalFile | None
+
+
+def _local_only_row(scanned: ScannedFile) -> LocalFile:
+    return LocalFile(
+        path=scanned.path,
+        size=scanned.size,
+        mtime_ns=scanned.mtime_ns,
+        inode=scanned.inode,
+        state="local_only",
+    )

@@ -227,8 +227,12 @@ class Transfers:
                 if ok:
                     done_bits[index // 8] |= 1 << (index % 8)
             pending.done = sum(bin(b).count("1") for b in done_bits)
-            await store.put_partial(album.album_id, file.entry_hash, bytes(done_bits))
-            return all(results)
+            complete = all(results)
+            if not complete:
+                # Progress is kept for a resume; a complete file is finished (and its partial row
+                # dropped) right away, so writing it first would only cost a commit per file.
+                await store.put_partial(album.album_id, file.entry_hash, bytes(done_bits))
+            return complete
         finally:
             partial.close()
 
@@ -356,9 +360,11 @@ class Transfers:
         for stale in [r for r in album.local.holding(file.key) if r.path != file.path]:
             await self._trash(album, folder, stale)
         row = _row_for(file, file.path, finished.size, finished.mtime_ns, finished.inode)
-        await self._record(album, row, [c.chunk_id for c in file.chunks])
+        store = self.engine.store
+        async with store.transaction():  # one commit (one fsync) per received file
+            await self._record(album, row, [c.chunk_id for c in file.chunks])
+            await store.delete_partial(album.album_id, file.entry_hash)
         clear_problem(album, file.path)
-        await self.engine.store.delete_partial(album.album_id, file.entry_hash)
         await self.engine.note_received(album, file)
 
     async def _set_aside(self, album: Album, folder: AlbumFolder, path: str) -> None:
