@@ -290,9 +290,9 @@ class Publisher:
         # On disk, entries and index rows commit together or not at all.
         async with store.transaction():
             await self.engine.add_manifest_entries(album, [envelope for envelope, _, _ in signed])
-            for _, row, chunk_ids in signed:
-                await store.put_local_file(album.album_id, row.row())
-                await store.put_chunk_index(album.album_id, row.path, chunk_ids)
+            await store.put_indexed_files(
+                album.album_id, [(row.row(), chunk_ids) for _, row, chunk_ids in signed]
+            )
         return [envelope for envelope, _, _ in signed]
 
     def _sign(self, album: Album, item: _Hashed) -> tuple[bytes, LocalFile, list[bytes]] | None:

@@ -294,6 +294,36 @@ class Store:
     async def put_local_file(self, album_id: bytes, row: dict[str, Any]) -> None:
         await self._replace_row("local_files", {"album_id": album_id, **row})
 
+    async def put_indexed_files(
+        self, album_id: bytes, files: list[tuple[dict[str, Any], list[bytes]]]
+    ) -> None:
+        """Index rows with their chunk IDs, as three statements for the whole batch (a publish of
+        many files was three round trips to the database thread per file)."""
+        if not files:
+            return
+        columns = ["album_id", *files[0][0]]
+        if not all(_IDENTIFIER.fullmatch(name) for name in columns) or any(
+            list(row) != columns[1:] for row, _ in files
+        ):
+            raise StoreError(f"refusing unexpected or uneven column names in {columns}")
+        await self.executemany(
+            f"INSERT OR REPLACE INTO local_files ({', '.join(columns)}) "  # noqa: S608 - names checked above
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            [(album_id, *row.values()) for row, _ in files],
+        )
+        await self.executemany(
+            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?",
+            [(album_id, row["path"]) for row, _ in files],
+        )
+        await self.executemany(
+            "INSERT OR REPLACE INTO chunk_index (album_id, chunk_id, path, idx) VALUES (?, ?, ?, ?)",
+            [
+                (album_id, cid, row["path"], i)
+                for row, chunk_ids in files
+                for i, cid in enumerate(chunk_ids)
+            ],
+        )
+
     async def delete_local_file(self, album_id: bytes, path: str) -> None:
         await self.execute(
             "DELETE FROM local_files WHERE album_id = ? AND path = ?", (album_id, path)
