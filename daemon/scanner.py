@@ -220,10 +220,11 @@ class _Walk:
             f = self.found[path]
             same = known.get(path) == KnownFile(f.size, f.mtime_ns, f.inode)
             (unchanged if same else changed).append(f)
-        candidates = known if scope is None else [k for k in known if _under(k, scope)]
-        vanished = sorted(
-            k for k in candidates if k not in self.found and not _under(k, self.unknown)
-        )
+        # Sets, and a walk up each path's parents: testing every known path against every
+        # scoped path made a watcher batch cost |index| x |batch|.
+        unknown = set(self.unknown)
+        candidates = known if scope is None else [k for k in known if _under(k, set(scope))]
+        vanished = sorted(k for k in candidates if k not in self.found and not _under(k, unknown))
         return ScanResult(changed, unchanged, vanished, self.problems)
 
     def _open_dir(self, disk_rel: str) -> int | None:
@@ -363,7 +364,17 @@ def _outermost(paths: Iterable[str]) -> list[str]:
 
 
 def _under(path: str, prefixes: Collection[str]) -> bool:
-    return any(p in {"", path} or path.startswith(p + "/") for p in prefixes)
+    """Whether `path` is one of `prefixes` or inside one ("" is the whole folder)."""
+    if not prefixes:
+        return False
+    if "" in prefixes or path in prefixes:
+        return True
+    slash = path.find("/")
+    while slash != -1:
+        if path[:slash] in prefixes:
+            return True
+        slash = path.find("/", slash + 1)
+    return False
 
 
 def _nfc_first(name: str) -> tuple[bool, str]:

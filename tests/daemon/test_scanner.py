@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from daemon import scanner
 from daemon.files import (
     RESERVED_DIR,
     AlbumFolder,
@@ -341,3 +344,16 @@ def test_hash_throughput_256_mib(album: AlbumFolder) -> None:
     elapsed = time.perf_counter() - start
     assert hashed.size == 256 << 20
     print(f"\nhash_file_blocking: {hashed.size / elapsed / 1e6:.0f} MB/s over 256 MiB")
+
+
+_parts = st.sampled_from(["a", "b", "a b", "ab", "é"])
+_paths = st.lists(_parts, min_size=1, max_size=3).map("/".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=_paths, prefixes=st.lists(st.one_of(_paths, st.just("")), max_size=4))
+def test_under_means_equal_or_inside(path: str, prefixes: list[str]) -> None:
+    """The parent walk agrees with the definition: equal to a prefix, inside one, or "" (all)."""
+    expected = any(p in {"", path} or path.startswith(p + "/") for p in prefixes)
+    assert scanner._under(path, set(prefixes)) is expected
+    assert scanner._under(path, prefixes) is expected
