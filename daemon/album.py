@@ -22,7 +22,7 @@ from protocol.membership_log import MembershipLog
 from protocol.rights import Role
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalFile:
     """A row of the local index: what is on disk at `path`, and which manifest file it holds."""
 

@@ -33,7 +33,7 @@ from protocol.names import collision_key, conflict_name
 from protocol.rights import Rights
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LiveFile:
     """A file in the album: where it goes, who added it, and its current version."""
 

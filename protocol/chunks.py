@@ -42,7 +42,7 @@ _AAD_LABEL = b"albumsync/chunk/v1"
 _NONCE_PAD = bytes(4)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
     """One encrypted chunk of a file version: its ID (SHA-256 of the ciphertext) and plaintext size."""
 

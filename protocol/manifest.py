@@ -81,7 +81,7 @@ class EntryKind(enum.Enum):
     REMOVE = "remove"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Payload:
     """What an add or update says about the file, readable only with the epoch key."""
 
@@ -94,7 +94,7 @@ class Payload:
     captured_at: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Entry:
     """The clear fields of an entry; `file_author` equals `author` except in a remove."""
 
@@ -114,7 +114,7 @@ class Entry:
         return (self.file_author, self.file_id)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SignedEntry:
     """An entry whose author's signature has been verified; `hash` is SHA-256 of `envelope`."""
 
