@@ -341,6 +341,14 @@ class Store:
             [(album_id, cid, path, i) for i, cid in enumerate(chunk_ids)],
         )
 
+    async def chunks_at(self, album_id: bytes, path: str) -> list[bytes]:
+        """The chunk IDs indexed for `path`, in order."""
+        rows = await self.fetchall(
+            "SELECT chunk_id FROM chunk_index WHERE album_id = ? AND path = ? ORDER BY idx",
+            (album_id, path),
+        )
+        return [bytes(r[0]) for r in rows]
+
     async def chunk_location(self, album_id: bytes, chunk_id: bytes) -> tuple[str, int] | None:
         row = await self.fetchone(
             "SELECT path, idx FROM chunk_index WHERE album_id = ? AND chunk_id = ?",

@@ -38,6 +38,7 @@ REQUEST_TIMEOUT = 30.0
 MAX_FILES_AT_ONCE = 4
 SERVE_FOLDER_CHECK_AGE = 1.0  # seconds a folder check stays good for serving chunks
 RATE_WINDOW = 5.0
+MAX_LOCATED = 65_536  # cached chunk locations for serving (a few MiB); cleared when full
 LOCAL_TAG = "local"  # conflict tag of a file of this device in the way of an incoming one
 BAD_CHUNK_PENALTY = 5  # a peer that served a bad chunk is asked last for this many requests
 
@@ -74,6 +75,7 @@ class Transfers:
     _workers: set[asyncio.Task[None]] = field(default_factory=set)
     _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
     _stopped: bool = False
+    _located: dict[tuple[bytes, bytes], tuple[str, int]] = field(default_factory=dict)
 
     # --- bringing a folder in line --------------------------------------------------------------
 
@@ -398,26 +400,55 @@ class Transfers:
                 conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_ALLOWED)
             )
             return
-        location = await self.engine.store.chunk_location(album.album_id, message.chunk_id)
-        row = album.local.get(location[0]) if location else None
-        if location is None or row is None or row.file_key is None:
-            await _send(conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_FOUND))
-            return
-        folder = album.folder
-        assert folder is not None
-        try:
-            data = await asyncio.to_thread(
-                read_chunk_blocking,
-                folder,
-                location[0],
-                location[1],
-                row.file_key,
-                message.chunk_id,
-            )
-        except (FolderError, OSError, VerificationError):
+        data = await self._read_served(album, message.chunk_id)
+        if data is None:
             await _send(conn, ChunkMissing(request_id=message.request_id, code=ErrorCode.NOT_FOUND))
             return
         await _send(conn, ChunkData(request_id=message.request_id, data=data))
+
+    async def _read_served(self, album: Album, chunk_id: bytes) -> bytes | None:
+        """The chunk re-encrypted from this folder's copy, or None if it holds it no longer."""
+        for cached in (True, False):  # a cached location that failed is looked up afresh once
+            location = await self._locate(album, chunk_id, cached=cached)
+            row = album.local.get(location[0]) if location else None
+            if location is None or row is None or row.file_key is None:
+                data = None
+            else:
+                folder = album.folder
+                assert folder is not None
+                try:
+                    data = await asyncio.to_thread(
+                        read_chunk_blocking, folder, *location, row.file_key, chunk_id
+                    )
+                except (FolderError, OSError, VerificationError):
+                    data = None
+            if data is not None:
+                return data
+            self._located.pop((album.album_id, chunk_id), None)
+        return None
+
+    async def _locate(
+        self, album: Album, chunk_id: bytes, *, cached: bool = True
+    ) -> tuple[str, int] | None:
+        """Where this folder holds a chunk: (path, index).
+
+        A peer fetching a file asks for its chunks one after another, so the first lookup loads
+        the whole file's chunk list and the rest are dict hits (one database round trip per file
+        instead of per chunk). A stale entry cannot serve wrong bytes (serving re-checks the
+        chunk's ID against what it read) and is looked up afresh when it fails (_read_served).
+        """
+        found = self._located.get((album.album_id, chunk_id)) if cached else None
+        if found is not None:
+            return found
+        store = self.engine.store
+        found = await store.chunk_location(album.album_id, chunk_id)
+        if found is None:
+            return None
+        if len(self._located) > MAX_LOCATED:
+            self._located.clear()
+        for index, other in enumerate(await store.chunks_at(album.album_id, found[0])):
+            self._located[(album.album_id, other)] = (found[0], index)
+        return found
 
     # --- progress -------------------------------------------------------------------------------
 
