@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from daemon.identity import Identity
@@ -50,6 +51,8 @@ class PeerInfo:
 class Connection:
     """A live channel; `send` frames out, `receive` frames in. Close with `close()`."""
 
+    close_reason = ""
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -66,16 +69,42 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self._last_received = time.monotonic()
+        _note_arrivals(writer.transport, self._heard)
+
+    def _heard(self) -> None:
+        self._last_received = time.monotonic()
+
+    @property
+    def last_heard(self) -> float:
+        """time.monotonic() when the peer's bytes last arrived (or the connection opened)."""
+        return self._last_received
 
     def silent_for(self) -> float:
-        """Seconds since the peer last sent us a byte (keepalives arrive every 20 s)."""
+        """Seconds since the peer's bytes last reached this process.
+
+        Bytes count when they arrive, even while the read loop is still busy with an earlier
+        message (serving a chunk over a slow link). Silence while asyncio's flow control has
+        stopped reading (we are behind) counts too: if the peer is waiting on us while we wait
+        on it, the connection is stuck, and dropping it is the way out.
+        """
         return time.monotonic() - self._last_received
+
+    def sending(self) -> tuple[int, int]:
+        """(bytes the OS has taken from us so far, bytes still waiting in our buffer).
+
+        While a backlog waits, the OS taking more of it means the peer acknowledges (reads) what
+        we sent: a peer that only receives, slowly, is alive although it says nothing.
+        """
+        waiting = self._writer.transport.get_write_buffer_size()
+        return self.bytes_out - waiting, waiting
 
     async def send(self, message: Message) -> None:
         """Encrypt and write one message; waits while the socket's buffer is full (backpressure)."""
         if self.closed:
-            raise ConnectionClosedError("connection already closed")
+            raise ConnectionClosedError(self.close_reason or "connection already closed")
         async with self._send_lock:
+            if self.closed:  # closed while this send waited for the lock
+                raise ConnectionClosedError(self.close_reason or "connection already closed")
             data = self._channel.send(encode_frame(message))
             self.bytes_out += len(data)
             try:
@@ -88,6 +117,8 @@ class Connection:
     async def receive(self) -> Message:
         """The next message; ConnectionClosedError when the peer leaves or misbehaves."""
         while True:
+            if self.closed:  # closed on our side (replaced, stopped, declared dead)
+                raise ConnectionClosedError(self.close_reason or "the connection was closed")
             try:
                 raw = self._channel.next_message()
                 if raw is not None:
@@ -103,10 +134,11 @@ class Connection:
                 self.close()
                 raise ConnectionClosedError(str(exc)) from None
             if not data:
+                reason = self.close_reason or "the peer closed the connection"
                 self.close()
-                raise ConnectionClosedError("the peer closed the connection")
+                raise ConnectionClosedError(reason)
             self.bytes_in += len(data)
-            self._last_received = time.monotonic()
+            self._heard()
             try:
                 self._channel.receive_data(data)
             except RemoteProtocolError as exc:
@@ -117,6 +149,55 @@ class Connection:
         if not self.closed:
             self.closed = True
             self._writer.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop a connection judged dead at once: what it still had to send is thrown away.
+
+        close() would first try to flush that backlog to a peer that no longer reads, so the socket
+        and a send waiting on it (a handler serving a chunk) would hang until TCP gave up, many
+        minutes later. Aborting wakes that send and ends the read loop with `reason`.
+        """
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+            self._writer.transport.abort()
+
+
+class _ArrivalNotes(asyncio.Protocol):
+    """Sits between a transport and its stream protocol, noting each arrival of bytes.
+
+    Everything is passed on unchanged; only `data_received` also calls `heard`.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, heard: Callable[[], None]) -> None:
+        self._inner = inner
+        self._heard = heard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._heard()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+def _note_arrivals(transport: asyncio.BaseTransport, heard: Callable[[], None]) -> None:
+    """Have `heard` called whenever bytes reach `transport` (TCP, or TLS to a relay)."""
+    inner = transport.get_protocol()
+    if isinstance(inner, asyncio.Protocol) and not isinstance(inner, _ArrivalNotes):
+        transport.set_protocol(_ArrivalNotes(inner, heard))
 
 
 async def open_channel(

@@ -8,8 +8,16 @@ Direct beats relayed (issue 5). While a device is connected through a relay and 
 of it is known (LAN sighting, static, invite), that address is tried now and then; once a direct
 handshake proves the same device, the direct connection takes over and the relayed one is retired.
 Both ends apply the same order (direct over relay, then the connection the lower device ID opened),
-so they keep the same connection and never swap back and forth; a connection silent for longer
-than two keepalives may be replaced by any newer one.
+so they keep the same connection and never swap back and forth; a connection that has been probed
+and has not answered (STALE_AFTER) may be replaced by any newer one.
+
+Dead peers (issue 3, TESTPLAN N1). A partition drops packets without a reset, so TCP alone would
+keep a dead connection "up" for many minutes. Each connection is watched: once the peer has sent
+nothing for KEEPALIVE_INTERVAL it gets a Ping; once it has sent nothing for DEAD_AFTER (any byte
+counts, also bytes of a large chunk still arriving, and so does a slow peer taking our backlog), the
+connection is aborted: its requests in flight go to other peers (Policy.disconnected) and the
+device is redialed. A device connected within RECENTLY_CONNECTED is redialed at least every
+REDIAL_BACKOFF_MAX seconds, so a healed network is used again within seconds, not a minute.
 """
 
 from __future__ import annotations
@@ -31,16 +39,27 @@ from protocol.messages import Close, ErrorCode, Message, Ping, Pong
 
 log = logging.getLogger("albumsync.peers")
 
-KEEPALIVE_INTERVAL = 20.0
-IDLE_TIMEOUT = 60.0
+# A peer silent this long gets a Ping. Whichever end's silence hits it first pings and the other
+# answers, so an idle connection costs one small Ping and Pong per interval.
+KEEPALIVE_INTERVAL = 7.5
+DEAD_AFTER = 15.0  # silent this long (a Ping unanswered for 7.5 s): dead, closed, redialed
+STALE_AFTER = (KEEPALIVE_INTERVAL + DEAD_AFTER) / 2  # probed, unanswered: any newer one replaces it
+WATCH_STEP = 1.0  # how often a connection silent past KEEPALIVE_INTERVAL is looked at again
+# Messages read ahead of the engine per connection (each at most 1 MiB + framing), so that a Ping
+# is answered while the engine is still busy with an earlier message.
+INBOX_MESSAGES = 4
 MAX_PENDING_HANDSHAKES = 64  # TESTPLAN A4(b): a flood of silent sockets cannot starve real peers
 DIAL_BACKOFF_MIN = 1.0
 DIAL_BACKOFF_MAX = 60.0
+# A device we were connected to recently (its connection died, the network may come back) is
+# redialed at least this often, so a healed partition is used within seconds (TESTPLAN N1); one
+# that has been away longer than RECENTLY_CONNECTED falls back to the full backoff.
+REDIAL_BACKOFF_MAX = 3.0
+RECENTLY_CONNECTED = 600.0
 # Tries of a direct path while connected through a relay: soon, then at most every 30 s, so a path
 # that opens up is in use within a minute (TESTPLAN N3) without dialing a blocked one constantly.
 UPGRADE_RETRY_MIN = 5.0
 UPGRADE_RETRY_MAX = 30.0
-STALE_AFTER = 2.5 * KEEPALIVE_INTERVAL  # a connection silent this long may be replaced
 RETIRE_GRACE = 5.0  # a replaced connection is read this long, so replies already sent arrive
 MAX_LAN_SEEN = 256  # devices whose LAN announcements are remembered (oldest forgotten first)
 MAX_LAN_ADDRESSES = 16  # LAN addresses kept per device (oldest dropped first)
@@ -69,6 +88,7 @@ class DialState:
     upgrade_failures: int = 0  # direct tries that failed while connected through a relay
     upgrade_next_try: float = 0.0
     retry_now: bool = False  # dial_now() came while a dial was under way: no backoff after it
+    lost_at: float | None = None  # time.monotonic() when our last connection to it ended
 
 
 @dataclass
@@ -148,6 +168,11 @@ class PeerManager:
         self._lan_seen[device_id] = addresses[:MAX_LAN_ADDRESSES]
         while len(self._lan_seen) > MAX_LAN_SEEN:
             del self._lan_seen[next(iter(self._lan_seen))]
+        state = self.wanted.get(device_id)
+        if state is not None and device_id not in self.connections:
+            # It announced itself again (back on the network): worth a dial now, not after the
+            # backoff. At most one dial per device runs at a time, so a flood costs little.
+            state.next_try = min(state.next_try, time.monotonic())
         self._wake.set()
 
     def _adopt_nearby(self) -> None:
@@ -242,9 +267,7 @@ class PeerManager:
             self._dialing.discard(device_id)
         if conn is None:
             state.failures += 1
-            state.next_try = time.monotonic() + min(
-                DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2 ** min(state.failures, 6)
-            )
+            state.next_try = time.monotonic() + _dial_delay(state, time.monotonic())
             if state.retry_now:  # asked to dial now while this attempt ran: do not back off
                 state.retry_now = False
                 state.next_try = 0.0
@@ -353,53 +376,89 @@ class PeerManager:
             peer.via,
             peer.address,
         )
-        keepalive = asyncio.create_task(self._keepalive(conn))
+        watch = asyncio.create_task(self._watch(conn))
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        room = asyncio.Semaphore(INBOX_MESSAGES)
+        reading = asyncio.create_task(self._read_loop(conn, inbox, room))
         try:
             await self.policy.connected(conn)
-            await self._read_loop(conn)
+            while (message := await inbox.get()) is not None:
+                room.release()
+                await self.policy.message(conn, message)
         except ConnectionClosedError as exc:
             log.info("lost %s: %s", peer.device_id.short, exc)
         finally:
-            keepalive.cancel()
+            watch.cancel()
+            reading.cancel()
             conn.close()
             if self.connections.get(peer.device_id) is conn:
                 del self.connections[peer.device_id]
-                await self.policy.disconnected(conn)
                 state = self.wanted.get(peer.device_id)
                 if state is not None:
-                    state.next_try = time.monotonic() + DIAL_BACKOFF_MIN
+                    state.lost_at = time.monotonic()
+                    state.next_try = state.lost_at + DIAL_BACKOFF_MIN
                     self._wake.set()
+                # Fails the chunk requests still waiting on this connection (Transfers.peer_gone),
+                # so they are asked of another peer at once.
+                await self.policy.disconnected(conn)
 
-    async def _read_loop(self, conn: Connection) -> None:
-        last_seen = time.monotonic()
-        while True:
-            try:
-                message = await asyncio.wait_for(conn.receive(), timeout=IDLE_TIMEOUT)
-            except TimeoutError:
-                log.info(
-                    "%s silent for %.0f s; reconnecting",
-                    conn.peer.device_id.short,
-                    time.monotonic() - last_seen,
-                )
-                return
-            except ConnectionClosedError as exc:
-                log.info("disconnected from %s: %s", conn.peer.device_id.short, exc)
-                return
-            last_seen = time.monotonic()
-            if isinstance(message, Ping):
-                await _quietly(conn.send(Pong(sent_at=message.sent_at)))
-            elif isinstance(message, Pong):
-                continue
-            elif isinstance(message, Close):
-                log.info("%s closed the connection: %s", conn.peer.device_id.short, message.message)
-                return
-            else:
-                await self.policy.message(conn, message)
+    async def _read_loop(
+        self, conn: Connection, inbox: asyncio.Queue[Message | None], room: asyncio.Semaphore
+    ) -> None:
+        """Read ahead of the engine (at most INBOX_MESSAGES waiting), answering Pings at once;
+        None in the inbox ends the connection."""
+        try:
+            while True:
+                message = await conn.receive()
+                if isinstance(message, Ping):
+                    await _quietly(conn.send(Pong(sent_at=message.sent_at)))
+                elif isinstance(message, Pong):
+                    continue
+                elif isinstance(message, Close):
+                    log.info(
+                        "%s closed the connection: %s", conn.peer.device_id.short, message.message
+                    )
+                    return
+                else:
+                    await room.acquire()
+                    inbox.put_nowait(message)
+        except ConnectionClosedError as exc:
+            log.info("disconnected from %s: %s", conn.peer.device_id.short, exc)
+        finally:
+            inbox.put_nowait(None)
 
-    async def _keepalive(self, conn: Connection) -> None:
-        while not conn.closed:
-            await asyncio.sleep(KEEPALIVE_INTERVAL)
-            await _quietly(conn.send(Ping(sent_at=int(time.time() * 1000))))
+    async def _watch(self, conn: Connection) -> None:
+        """Ping a connection that has gone quiet; abort it once it is dead (see the module doc)."""
+        pinged_at: float | None = None  # conn.last_heard when we last pinged: one Ping per silence
+        ping: asyncio.Task[None] | None = None
+        taking = _Backlog()
+        try:
+            while not conn.closed:
+                silent = min(conn.silent_for(), taking.quiet_for(conn))
+                if silent >= DEAD_AFTER:
+                    log.info(
+                        "%s sent nothing for %.0f s, not even an answer to a ping: "
+                        "the connection is dead; reconnecting",
+                        conn.peer.device_id.short,
+                        silent,
+                    )
+                    conn.abort(f"no answer for {silent:.0f} s")
+                    return
+                if silent >= KEEPALIVE_INTERVAL:
+                    if pinged_at != conn.last_heard and (ping is None or ping.done()):
+                        pinged_at = conn.last_heard
+                        # Its own task: the send may wait behind a stalled one, the watch may not.
+                        ping = asyncio.create_task(
+                            _quietly(conn.send(Ping(sent_at=int(time.time() * 1000))))
+                        )
+                    await asyncio.sleep(min(WATCH_STEP, DEAD_AFTER - silent))
+                elif taking.waiting:  # a backlog: look often enough to see it shrink
+                    await asyncio.sleep(min(WATCH_STEP, KEEPALIVE_INTERVAL - silent))
+                else:
+                    await asyncio.sleep(KEEPALIVE_INTERVAL - silent)
+        finally:
+            if ping is not None:
+                ping.cancel()
 
     def _prefer_new(self, existing: Connection, new: Connection) -> bool:
         """Which of two connections to one device to keep; both ends must reach the same answer.
@@ -469,10 +528,42 @@ def _should_upgrade(conn: Connection, state: DialState, now: float) -> bool:
     )
 
 
+@dataclass
+class _Backlog:
+    """Whether a peer that says nothing still takes the bytes we send it (a slow receiver).
+
+    Looked at on each watch step: if a backlog waited at the last look and the OS has taken more
+    of our bytes since, the peer is acknowledging them, so it is alive.
+    """
+
+    taken: int = -1
+    waiting: int = 0
+    progress_at: float = field(default_factory=time.monotonic)
+
+    def quiet_for(self, conn: Connection) -> float:
+        """Seconds since the peer last took some of a backlog of ours."""
+        taken, waiting = conn.sending()
+        now = time.monotonic()
+        if self.waiting > 0 and taken > self.taken:
+            self.progress_at = now
+        self.taken, self.waiting = taken, waiting
+        return now - self.progress_at
+
+
+def _dial_delay(state: DialState, now: float) -> float:
+    """Seconds until the next dial of a device that just failed one: doubling from
+    DIAL_BACKOFF_MIN up to DIAL_BACKOFF_MAX, or REDIAL_BACKOFF_MAX at most if it was connected
+    within RECENTLY_CONNECTED."""
+    delay = min(DIAL_BACKOFF_MAX, DIAL_BACKOFF_MIN * 2.0 ** min(state.failures, 6))
+    if state.lost_at is not None and now - state.lost_at < RECENTLY_CONNECTED:
+        delay = min(delay, REDIAL_BACKOFF_MAX)
+    return delay
+
+
 def _upgrade_delay(state: DialState) -> float:
     """Seconds until the next direct try: UPGRADE_RETRY_MIN, doubling up to UPGRADE_RETRY_MAX."""
     return min(
-        UPGRADE_RETRY_MAX, UPGRADE_RETRY_MIN * 2 ** min(max(state.upgrade_failures - 1, 0), 4)
+        UPGRADE_RETRY_MAX, UPGRADE_RETRY_MIN * 2.0 ** min(max(state.upgrade_failures - 1, 0), 4)
     )
 
 
