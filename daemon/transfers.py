@@ -38,7 +38,7 @@ REQUEST_TIMEOUT = 30.0
 MAX_FILES_AT_ONCE = 4
 SERVE_FOLDER_CHECK_AGE = 1.0  # seconds a folder check stays good for serving chunks
 RATE_WINDOW = 5.0
-MAX_LOCATED = 65_536  # cached chunk locations for serving (a few MiB); cleared when full
+MAX_LOCATED = 16_384  # cached chunk locations for serving (about 3 MiB); cleared when full
 LOCAL_TAG = "local"  # conflict tag of a file of this device in the way of an incoming one
 BAD_CHUNK_PENALTY = 5  # a peer that served a bad chunk is asked last for this many requests
 
