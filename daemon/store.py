@@ -341,20 +341,16 @@ class Store:
             [(album_id, cid, path, i) for i, cid in enumerate(chunk_ids)],
         )
 
-    async def chunks_at(self, album_id: bytes, path: str) -> list[bytes]:
-        """The chunk IDs indexed for `path`, in order."""
+    async def chunk_file(self, album_id: bytes, chunk_id: bytes) -> tuple[str, list[bytes]] | None:
+        """The path that holds a chunk and every chunk ID indexed for that path, in order, in one
+        round trip (serving looks a file up once, then answers its other chunks from memory)."""
         rows = await self.fetchall(
-            "SELECT chunk_id FROM chunk_index WHERE album_id = ? AND path = ? ORDER BY idx",
-            (album_id, path),
-        )
-        return [bytes(r[0]) for r in rows]
-
-    async def chunk_location(self, album_id: bytes, chunk_id: bytes) -> tuple[str, int] | None:
-        row = await self.fetchone(
-            "SELECT path, idx FROM chunk_index WHERE album_id = ? AND chunk_id = ?",
+            "SELECT path, chunk_id FROM chunk_index WHERE album_id = ?1 AND path = "
+            "(SELECT path FROM chunk_index WHERE album_id = ?1 AND chunk_id = ?2 LIMIT 1) "
+            "ORDER BY idx",
             (album_id, chunk_id),
         )
-        return (str(row[0]), int(row[1])) if row else None
+        return (str(rows[0][0]), [bytes(r[1]) for r in rows]) if rows else None
 
     async def partial_done(self, album_id: bytes, entry_hash: bytes) -> bytes | None:
         row = await self.fetchone(

@@ -440,15 +440,15 @@ class Transfers:
         found = self._located.get((album.album_id, chunk_id)) if cached else None
         if found is not None:
             return found
-        store = self.engine.store
-        found = await store.chunk_location(album.album_id, chunk_id)
-        if found is None:
+        held = await self.engine.store.chunk_file(album.album_id, chunk_id)
+        if held is None:
             return None
+        path, chunk_ids = held
         if len(self._located) > MAX_LOCATED:
             self._located.clear()
-        for index, other in enumerate(await store.chunks_at(album.album_id, found[0])):
-            self._located[(album.album_id, other)] = (found[0], index)
-        return found
+        for index, other in enumerate(chunk_ids):
+            self._located[(album.album_id, other)] = (path, index)
+        return self._located.get((album.album_id, chunk_id))
 
     # --- progress -------------------------------------------------------------------------------
 
