@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.files import AlbumFolder, FolderState
-from protocol.album_view import AlbumView, evaluate
+from protocol.album_view import AlbumView, LiveFile, evaluate
 from protocol.errors import VerificationError
 from protocol.ids import AlbumId, DeviceId
 from protocol.keys import DeviceKey
@@ -57,6 +57,22 @@ class LocalFile:
             "chunks": None,
             "state": self.state,
         }
+
+
+def indexed_row(file: LiveFile, path: str, size: int, mtime_ns: int, inode: int) -> LocalFile:
+    """The index row of `path` holding the album's file `file` (as stat saw it)."""
+    return LocalFile(
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        inode=inode,
+        content_hash=file.content_hash,
+        file_author=file.author,
+        file_id=file.file_id,
+        entry_hash=file.entry_hash,
+        file_key=file.file_key,
+        state="synced",
+    )
 
 
 class LocalIndex(dict[str, LocalFile]):

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from daemon.album import Album, LocalFile
+from daemon.album import Album, LocalFile, indexed_row
 from daemon.files import FileChangedError, FolderError, FolderState
 from daemon.scanner import HashedFile, KnownFile, ScannedFile, hash_file_blocking, scan_blocking
 from daemon.watcher import watch
@@ -270,7 +270,13 @@ class Publisher:
     async def _publish_batch(self, album: Album, batch: list[_Hashed]) -> list[bytes]:
         """Sign the batch's entries and store them with their index rows in one transaction."""
         signed: list[tuple[bytes, LocalFile, list[bytes]]] = []
+        adopted: list[tuple[LocalFile, list[bytes]]] = []
         for item in batch:
+            if (taken := _adoption(album, item)) is not None:
+                adopted.append(taken)
+                album.local[item.path] = taken[0]
+                clear_problem(album, item.path)
+                continue
             try:
                 made = self._sign(album, item)
             except Exception:
@@ -284,14 +290,16 @@ class Publisher:
                 # publish the file a second time.
                 album.local[item.path] = made[1]
                 clear_problem(album, item.path)
-        if not signed:
+        if not signed and not adopted:
             return []
         store = self.engine.store
         # On disk, entries and index rows commit together or not at all.
         async with store.transaction():
             await self.engine.add_manifest_entries(album, [envelope for envelope, _, _ in signed])
             await store.put_indexed_files(
-                album.album_id, [(row.row(), chunk_ids) for _, row, chunk_ids in signed]
+                album.album_id,
+                [(row.row(), chunk_ids) for _, row, chunk_ids in signed]
+                + [(row.row(), chunk_ids) for row, chunk_ids in adopted],
             )
         return [envelope for envelope, _, _ in signed]
 
@@ -402,6 +410,28 @@ class _Hashed:
     hashed: HashedFile
     file_key: bytes
     row: LocalFile | None
+
+
+def _adoption(album: Album, item: _Hashed) -> tuple[LocalFile, list[bytes]] | None:
+    """The index row of another member's album file when an unindexed file at its path holds
+    exactly its bytes: a download renamed into place by a daemon killed before it wrote the
+    index row (TESTPLAN E1). Publishing it would make a second, conflicting copy of the photo."""
+    if item.row is not None and item.row.file is not None:
+        return None
+    live = album.view.file_at(item.path) if album.view is not None else None
+    if (
+        live is None
+        or live.author == album.me.public
+        or live.content_hash != item.hashed.content_hash
+        or live.size != item.hashed.size
+    ):
+        return None
+    log.info(
+        "album %s: %s already holds the album's photo; taken as is", album.printable_id, item.path
+    )
+    hashed = item.hashed
+    row = indexed_row(live, item.path, hashed.size, hashed.mtime_ns, hashed.inode)
+    return row, [c.chunk_id for c in live.chunks]
 
 
 def _local_only_row(scanned: ScannedFile) -> LocalFile:

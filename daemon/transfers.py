@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from daemon.album import Album, LocalFile
+from daemon.album import Album, LocalFile, indexed_row
 from daemon.connection import Connection, ConnectionClosedError
 from daemon.files import AlbumFolder, FinishedFile, FolderError, LocalChangeError, PartialFile
 from daemon.planner import Download, plan
@@ -73,6 +73,7 @@ class Transfers:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: set[asyncio.Task[None]] = field(default_factory=set)
+    _finishing: set[asyncio.Future[None]] = field(default_factory=set)  # never cancelled
     _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
     _stopped: bool = False
     _located: dict[tuple[bytes, bytes], tuple[str, int]] = field(default_factory=dict)
@@ -94,7 +95,7 @@ class Transfers:
         for adopt in steps.adopt:
             row = adopt.local
             await self._record(
-                album, _row_for(adopt.file, row.path, row.size, row.mtime_ns, row.inode)
+                album, indexed_row(adopt.file, row.path, row.size, row.mtime_ns, row.inode)
             )
         wanted = {d.file.entry_hash for d in steps.downloads}
         for key in [
@@ -153,13 +154,15 @@ class Transfers:
     # --- downloading ----------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Cancel every download before the store closes: a worker that finished a file after
-        that could not index it, and the file would come back as a stranger's "local" photo."""
+        """Cancel every download before the store closes, and wait for the files being put in
+        place: a finish cut between its rename and its index row, or run after the store
+        closed, would leave a file that comes back as this device's own "local" photo."""
         self._stopped = True
         workers = list(self._workers)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*list(self._finishing), return_exceptions=True)
 
     def peer_connected(self) -> None:
         self._kick()
@@ -188,7 +191,13 @@ class Transfers:
         finished = False
         try:
             if await self._fetch_file(pending):
-                await self._finish(pending)
+                # Once the file may be renamed into place its index row must follow, or after a
+                # restart the file looks like this device's own new photo and is published as a
+                # conflict copy: a stop waits for a finish in progress instead of cutting it.
+                finishing = asyncio.ensure_future(self._finish(pending))
+                self._finishing.add(finishing)
+                finishing.add_done_callback(self._finishing.discard)
+                await asyncio.shield(finishing)
                 self.queue.pop(file.entry_hash, None)
                 finished = True
         except (FolderError, OSError) as exc:
@@ -361,7 +370,7 @@ class Transfers:
             partial.close()
         for stale in [r for r in album.local.holding(file.key) if r.path != file.path]:
             await self._trash(album, folder, stale)
-        row = _row_for(file, file.path, finished.size, finished.mtime_ns, finished.inode)
+        row = indexed_row(file, file.path, finished.size, finished.mtime_ns, finished.inode)
         store = self.engine.store
         async with store.transaction():  # one commit (one fsync) per received file
             await self._record(album, row, [c.chunk_id for c in file.chunks])
@@ -487,21 +496,6 @@ def _verify_and_write(
 ) -> None:
     plaintext = decrypt_chunk(file_key, index, data, chunk_id)
     partial.write_at(offset, plaintext)
-
-
-def _row_for(file: LiveFile, path: str, size: int, mtime_ns: int, inode: int) -> LocalFile:
-    return LocalFile(
-        path=path,
-        size=size,
-        mtime_ns=mtime_ns,
-        inode=inode,
-        content_hash=file.content_hash,
-        file_author=file.author,
-        file_id=file.file_id,
-        entry_hash=file.entry_hash,
-        file_key=file.file_key,
-        state="synced",
-    )
 
 
 async def _send(conn: Connection, message: ChunkData | ChunkMissing) -> None:

@@ -23,7 +23,12 @@ from tests.e2e.harness import free_port
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_E1_a_file_renamed_before_the_index_knew_is_taken_as_is(tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.EDITOR])
+async def test_E1_a_file_renamed_before_the_index_knew_is_taken_as_is(
+    tmp_path: Path, role: Role
+) -> None:
+    """A viewer's download takes the file; an editor's scan may see it first and must take it
+    too, not publish it as its own photo (a conflict copy on every device)."""
     made = await make_core(tmp_path / "owner", "Owner")
     await made.close()
     # A fixed port: the member must find the owner again after both restart.
@@ -38,7 +43,7 @@ async def test_E1_a_file_renamed_before_the_index_knew_is_taken_as_is(tmp_path: 
         album = await owner.engine.create_album(photos, "Crash window")
         await until(lambda: album.view is not None and len(album.view.files) == 3)
         _, code = await owner.engine.create_invite(
-            album.album_id, role=Role.VIEWER, message="", to_device=None
+            album.album_id, role=role, message="", to_device=None
         )
         assert code is not None
         await member.engine.redeem_code(code, target)
@@ -59,4 +64,7 @@ async def test_E1_a_file_renamed_before_the_index_knew_is_taken_as_is(tmp_path: 
             limit=30,
             what="the file is indexed as the album's again",
         )
+        mine = member.engine.albums[album.album_id]
+        assert mine.local["IMG_1.jpg"].file_author == owner.engine.albums[album.album_id].me.public
+        assert mine.manifest.entries(mine.me.public) == ()  # nothing published as its own
     assert tree(target) == tree(photos), sorted(tree(target))
