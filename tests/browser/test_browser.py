@@ -60,7 +60,8 @@ def daemons(tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
     started: list[Daemon] = []
 
     def make(name: str) -> Daemon:
-        daemon = Daemon(home=tmp_path / name.split("'", maxsplit=1)[0], name=name)
+        # Data dirs apart from the album folders (tmp_path / "Bob" / "Summer" is one).
+        daemon = Daemon(home=tmp_path / "data" / name.split("'", maxsplit=1)[0], name=name)
         daemon.init()
         daemon.start()
         started.append(daemon)

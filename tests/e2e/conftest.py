@@ -1,44 +1,32 @@
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon
-
-
-def _traversable_dir() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="albumsync-e2e-"))
-    path.chmod(0o755)
-    return path
+from tests.e2e.harness import Daemon, is_root, shared_folder
 
 
 @pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A temporary folder any user may traverse (pytest's own is 0700 under root): album folders
-    of daemons that run as the unprivileged test user live here."""
-    path = _traversable_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """pytest's tmp_path, except as root: then a `shared_folder`, because the daemons run as the
+    unprivileged test user, who can neither enter pytest's 0700 tree nor write what root creates.
+    Album folders, invite targets and photos made here are the daemons' to use, unchanged tests."""
+    if not is_root():
+        yield tmp_path
+        return
+    with shared_folder() as path:
+        yield path
 
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[object]:
     started: list[Daemon] = []
-    open_dirs: list[Path] = []
 
     def make(name: str, **kwargs: object) -> Daemon:
-        base = tmp_path
-        if kwargs.get("user") is not None and os.geteuid() == 0:
-            # The test user cannot enter pytest's 0700 tree: its data dir lives elsewhere.
-            if not open_dirs:
-                open_dirs.append(_traversable_dir())
-            base = open_dirs[0]
-        daemon = Daemon(home=base / name.replace(" ", "_").replace("'", ""), name=name, **kwargs)  # type: ignore[arg-type]
+        home = tmp_path / name.replace(" ", "_").replace("'", "")
+        daemon = Daemon(home=home, name=name, **kwargs)  # type: ignore[arg-type]
         started.append(daemon)
         return daemon
 
@@ -47,5 +35,3 @@ def make_daemon(tmp_path: Path) -> Iterator[object]:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
-    for path in open_dirs:
-        shutil.rmtree(path, ignore_errors=True)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.e2e.harness import Daemon
+from tests.e2e.harness import Daemon, shared_folder
 from webui.openapi import OPENAPI
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -36,20 +33,21 @@ SEEN: dict[str, set[int]] = {}  # operation -> statuses answered, checked after 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    home = Path(tempfile.mkdtemp(prefix="albumsync-fuzz-"))
-    photos = home / "photos"
-    photos.mkdir()
-    (photos / "IMG_0001.jpg").write_bytes(os.urandom(20_000))
-    d = Daemon(home=home / "device", name="Fuzzed")
-    try:
-        d.init()
-        d.start()
-        status, _, _ = d.request("POST", "/api/v1/albums", {"path": str(photos), "name": "Fuzz"})
-        assert status == 201
-        yield d
-    finally:
-        d.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with shared_folder("albumsync-fuzz-") as home:
+        photos = home / "photos"
+        photos.mkdir()
+        (photos / "IMG_0001.jpg").write_bytes(os.urandom(20_000))
+        d = Daemon(home=home / "device", name="Fuzzed")
+        try:
+            d.init()
+            d.start()
+            status, _, _ = d.request(
+                "POST", "/api/v1/albums", {"path": str(photos), "name": "Fuzz"}
+            )
+            assert status == 201
+            yield d
+        finally:
+            d.stop()
 
 
 @schema.parametrize()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import albumsync
+from tests.e2e.harness import albumsync, ensure_test_user
 
 pytestmark = pytest.mark.e2e
 DEVICE_ID = re.compile(r"^([A-Z2-7]{7}-){7}[A-Z2-7]{7}$")
@@ -23,6 +25,7 @@ class NotifyListener:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        path.chmod(0o777)  # as systemd's is: the daemon under test runs as another user
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
         self._stop = threading.Event()
@@ -104,3 +107,26 @@ def test_E4_damaged_database_is_refused_with_a_clear_message(make_daemon) -> Non
     assert result.returncode == 3, result.stderr
     assert "damaged" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: without it daemons run as the caller")
+def test_daemons_under_test_run_as_the_unprivileged_test_user(make_daemon, tmp_path: Path) -> None:
+    """TESTPLAN conventions: as root, the harness runs daemons (and their CLI) as the test user,
+    so permissions mean something; its data dir and what it writes into an album are that user's."""
+    daemon = make_daemon("unprivileged")
+    daemon.init()
+    daemon.start()
+    assert daemon.proc is not None
+    uid = ensure_test_user()[0]
+    ps = ["ps", "-o", "uid=", "-p", str(daemon.proc.pid)]
+    assert int(subprocess.run(ps, capture_output=True, text=True, check=True).stdout) == uid
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8" + os.urandom(2000))
+    albumsync(daemon.home, "album", "create", str(photos), "--name", "Mine")
+    albumsync(daemon.home, "status", "--wait-synced", "30")
+    for path in [daemon.home / "state.db", daemon.home / "api-key", photos / ".albumsync"]:
+        assert path.stat().st_uid == uid, path
+    assert (daemon.home / "api-key").stat().st_mode & 0o777 == 0o600
+    assert daemon.stop() == 0
