@@ -774,7 +774,7 @@ class Engine:
         code = parse_invite(text, _now())
         if code.album_id in self.albums and self.albums[code.album_id].state in ("active",):
             raise ConfigError("this device is already a member of that album")
-        target = _check_album_path(path, self.albums)
+        target = _check_writable(_check_album_path(path, self.albums))
         owner = DeviceId(code.owner_id)
         self.redemptions[code.album_id] = Redemption(code=code, path=target, owner=owner)
         await self.store.put_redemption(code.album_id, encode_invite(code), str(target), _now())
@@ -796,9 +796,7 @@ class Engine:
         if album is None or album.state != "invited":
             raise AlbumNotFoundError("no pending invite for that album")
         target = _check_album_path(path, self.albums)
-        target.mkdir(parents=True, exist_ok=True)
-        folder = AlbumFolder(target, album_id)
-        folder.create_marker()
+        _prepare_folder(target, album_id)
         envelope = build_accept(
             album.membership, self.identity.key, now=_now(), name=self.identity.name, rng=os.urandom
         )
@@ -903,7 +901,7 @@ class Engine:
             me=self.identity.key,
             path=target,
         )
-        AlbumFolder(target, album.album_id).create_marker()
+        _prepare_folder(target, album.album_id)
         async with self.store.transaction():
             await self.store.put_album(album.album_id, str(target), "active", _now())
             await self._store_log_entry(album, envelope)
@@ -1221,6 +1219,38 @@ def _check_album_path(path: Path, albums: dict[bytes, Album]) -> Path:
         if target == other or target.is_relative_to(other) or other.is_relative_to(target):
             raise ConfigError(f"{target} overlaps the folder of album {album.name()} ({other})")
     return target
+
+
+def _check_writable(target: Path) -> Path:
+    """`target` if this process may create it or write in it (the daemon often runs as its own
+    user, who may not own the folder a person names); ConfigError saying what to do otherwise."""
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == target else f"{existing}, where it would be created"
+        raise ConfigError(
+            f"albumsync cannot write to {target}: give the user it runs as write access to "
+            f"{where}, or choose another folder"
+        )
+    return target
+
+
+def _prepare_folder(target: Path, album_id: bytes) -> AlbumFolder:
+    """Create the album folder if needed and mark it as this album's."""
+    _check_writable(target)
+    folder = AlbumFolder(target, album_id)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        folder.create_marker()
+    except PermissionError as exc:
+        raise ConfigError(
+            f"albumsync cannot write to {target} ({exc.strerror}): give the user it runs as "
+            "write access to it, or choose another folder"
+        ) from None
+    except FileExistsError:
+        raise ConfigError(f"{target} is a file, not a folder; choose a folder") from None
+    return folder
 
 
 def _bracket(host: str) -> str:

@@ -5,7 +5,9 @@ One daemon only; the multi-device stories are in test_sync.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, albumsync
+from tests.e2e.harness import ACL_ACCESS, ACL_DEFAULT, Daemon, albumsync, is_root
 
 pytestmark = pytest.mark.e2e
 ALBUM_ID = re.compile(r"^[a-z2-7]{52}$")
@@ -151,3 +153,49 @@ def test_W4_cli_rotates_the_api_key(make_daemon: MakeDaemon) -> None:
     daemon.stop()
     assert old not in daemon.log()
     assert daemon.api_key not in daemon.log()
+
+
+def _root_only_folder(path: Path) -> Path:
+    """A folder the daemon (the unprivileged test user) may read but not write: root's, 0755,
+    without the shared folder's ACLs."""
+    path.mkdir()
+    for name in (ACL_ACCESS, ACL_DEFAULT):
+        with contextlib.suppress(OSError):
+            os.removexattr(path, name)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(
+    not is_root(), reason="needs root: only then does the daemon run as another user"
+)
+def test_folders_the_daemon_cannot_write_are_refused_with_a_sentence(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """A service user meets folders it may not write: create, join by code and accept all say so
+    (they gave 500 with a traceback, or a join that silently never happened)."""
+    owner, member = make_daemon("Owner"), make_daemon("Member")
+    for daemon in (owner, member):
+        daemon.init()
+        daemon.start()
+    locked = _root_only_folder(tmp_path / "locked")
+    (locked / "IMG_1.jpg").write_bytes(b"photo")
+    result = albumsync(owner.home, "album", "create", str(locked), check=False)
+    assert "cannot write to" in one_sentence_error(result)
+    assert json.loads(albumsync(owner.home, "album", "list", "--json").stdout) == []
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    album = albumsync(owner.home, "album", "create", str(photos)).stdout.strip()
+    code = albumsync(owner.home, "invite", "create", album, "--role", "viewer").stdout.strip()
+    result = albumsync(
+        member.home, "invite", "accept", code, "--path", str(locked / "Summer"), check=False
+    )
+    err = one_sentence_error(result)
+    assert "cannot write to" in err
+    assert str(locked) in err
+    albumsync(member.home, "invite", "accept", code, "--path", str(tmp_path / "ok" / "Summer"))
+    assert owner.stop() == 0
+    assert member.stop() == 0
+    log = owner.log() + member.log()
+    assert "Traceback" not in log
