@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.procstats import percentile
@@ -189,8 +190,12 @@ def markdown_table(table: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+ANALYSIS = Path(__file__).with_name("analysis.md")  # hand-written: where the time goes
+
+
 def benchmarks_md(results: dict[str, Any], table: list[dict[str, str]]) -> str:
-    """The whole BENCHMARKS.md for one run."""
+    """The whole BENCHMARKS.md for one run, then bench/analysis.md (profiles and what would
+    close each gap), which is kept by hand and survives regeneration."""
     m = results["machine"]
     load = results["loadavg"]
     errors = [
@@ -242,7 +247,11 @@ Syncthing, albumsync, ...), each with fresh data directories, keys and databases
   sender scans N files (publish includes its start-up); idle RSS 3 s later; a new peer's time
   from connecting until its global index lists N files.
 {chr(10).join(["", "## Failures", "", *errors]) if errors else ""}
-"""
+{_analysis()}"""
+
+
+def _analysis() -> str:
+    return "\n" + ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() else ""
 
 
 def _interrupted(results: dict[str, Any]) -> str:
