@@ -32,7 +32,14 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from protocol.errors import Reason, VerificationError
-from protocol.manifest import EntryKind, Payload, SignedEntry, decode_entry, open_payload
+from protocol.manifest import (
+    EntryKind,
+    Payload,
+    SignedEntry,
+    decode_entry,
+    entry_hash,
+    open_payload,
+)
 from protocol.rights import Rights, Role
 
 MAX_PENDING_PER_AUTHOR = 10_000
@@ -108,9 +115,12 @@ class ManifestState:
 
     def add(self, envelope: bytes, *, rights: Rights | None = None) -> Arrival:
         """Verify and store an envelope; with `rights`, refuse authors the log does not know."""
-        signed = decode_entry(envelope, album=self.album_id)
-        if signed.hash in self._by_hash:
+        # Byte-identical to a stored (so verified) entry: nothing to decode. Gossip and paging
+        # deliver the same entries more than once, and decoding first made each copy cost a
+        # full decode and signature check.
+        if entry_hash(envelope) in self._by_hash:
             return Arrival.DUPLICATE
+        signed = decode_entry(envelope, album=self.album_id)
         author = signed.entry.author
         if rights is not None and author != rights.owner and author not in rights.grants:
             raise VerificationError(
@@ -315,8 +325,8 @@ def _judge_unlinked(chain: _Chain, out: _Verdicts) -> None:
     else:
         reason, why, into = Reason.BROKEN_CHAIN, f"entry {stop} does not chain", out.rejected
     for seq in sorted(s for s in chain.by_seq if s >= stop):
-        for entry_hash in sorted(chain.by_seq[seq]):
-            into.append(Verdict.of(chain.by_seq[seq][entry_hash], reason, why))
+        for held in sorted(chain.by_seq[seq]):
+            into.append(Verdict.of(chain.by_seq[seq][held], reason, why))
 
 
 def _refusal(signed: SignedEntry, role: Role | None, book: _Book) -> tuple[Reason, str] | None:

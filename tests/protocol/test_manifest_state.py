@@ -289,3 +289,28 @@ def test_entries_after_is_a_page_of_entries(
     expected = tuple(s for s in state.entries(EDITOR.public) if s.entry.seq > after)[:limit]
     assert state.entries_after(EDITOR.public, after, limit) == expected
     assert state.entries_after(STRANGER.public, after, limit) == ()
+
+
+def test_a_byte_identical_copy_is_a_duplicate_without_decoding_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gossip and paging deliver entries more than once; a copy costs a hash, not a decode and
+    a signature check. A different envelope (even of the same entry) is still decoded."""
+    entries = _chain(2)
+    state = ManifestState(ALBUM)
+    calls: list[bytes] = []
+    real = manifest_state.decode_entry
+
+    def counting(envelope: bytes, *, album: bytes | None = None) -> SignedEntry:
+        calls.append(envelope)
+        return real(envelope, album=album)
+
+    monkeypatch.setattr(manifest_state, "decode_entry", counting)
+    assert state.add(entries[0].envelope) is Arrival.LINKED
+    for _ in range(3):
+        assert state.add(entries[0].envelope) is Arrival.DUPLICATE
+    assert len(calls) == 1
+    with pytest.raises((DecodeError, VerificationError)):
+        state.add(entries[0].envelope[:-1] + bytes([entries[0].envelope[-1] ^ 1]))
+    assert len(calls) == 2
+    assert len(state) == 1
