@@ -299,30 +299,8 @@ class Store:
     ) -> None:
         """Index rows with their chunk IDs, as three statements for the whole batch (a publish of
         many files was three round trips to the database thread per file)."""
-        if not files:
-            return
-        columns = ["album_id", *files[0][0]]
-        if not all(_IDENTIFIER.fullmatch(name) for name in columns) or any(
-            list(row) != columns[1:] for row, _ in files
-        ):
-            raise StoreError(f"refusing unexpected or uneven column names in {columns}")
-        await self.executemany(
-            f"INSERT OR REPLACE INTO local_files ({', '.join(columns)}) "  # noqa: S608 - names checked above
-            f"VALUES ({', '.join('?' for _ in columns)})",
-            [(album_id, *row.values()) for row, _ in files],
-        )
-        await self.executemany(
-            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?",
-            [(album_id, row["path"]) for row, _ in files],
-        )
-        await self.executemany(
-            "INSERT OR REPLACE INTO chunk_index (album_id, chunk_id, path, idx) VALUES (?, ?, ?, ?)",
-            [
-                (album_id, cid, row["path"], i)
-                for row, chunk_ids in files
-                for i, cid in enumerate(chunk_ids)
-            ],
-        )
+        await self._replace_rows("local_files", [{"album_id": album_id, **row} for row, _ in files])
+        await self._replace_chunks(album_id, [(row["path"], chunk_ids) for row, chunk_ids in files])
 
     async def delete_local_file(self, album_id: bytes, path: str) -> None:
         await self.execute(
@@ -333,12 +311,21 @@ class Store:
         )
 
     async def put_chunk_index(self, album_id: bytes, path: str, chunk_ids: list[bytes]) -> None:
-        await self.execute(
-            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?", (album_id, path)
+        await self._replace_chunks(album_id, [(path, chunk_ids)])
+
+    async def _replace_chunks(self, album_id: bytes, files: list[tuple[str, list[bytes]]]) -> None:
+        """Each path's chunk IDs, in order, replacing what was indexed for it."""
+        await self.executemany(
+            "DELETE FROM chunk_index WHERE album_id = ? AND path = ?",
+            [(album_id, path) for path, _ in files],
         )
         await self.executemany(
             "INSERT OR REPLACE INTO chunk_index (album_id, chunk_id, path, idx) VALUES (?, ?, ?, ?)",
-            [(album_id, cid, path, i) for i, cid in enumerate(chunk_ids)],
+            [
+                (album_id, cid, path, i)
+                for path, chunk_ids in files
+                for i, cid in enumerate(chunk_ids)
+            ],
         )
 
     async def chunk_file(self, album_id: bytes, chunk_id: bytes) -> tuple[str, list[bytes]] | None:
@@ -415,14 +402,22 @@ class Store:
         await self._replace_row("invites_in", row)
 
     async def _replace_row(self, table: str, row: dict[str, Any]) -> None:
-        """INSERT OR REPLACE one row given as {column: value}; names are checked, values bound."""
-        names = [table, *row]
+        await self._replace_rows(table, [row])
+
+    async def _replace_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """INSERT OR REPLACE rows given as {column: value}, all with the same columns in the same
+        order, in one statement; names are checked, values bound."""
+        if not rows:
+            return
+        names = [table, *rows[0]]
         if not all(_IDENTIFIER.fullmatch(name) for name in names):
             raise StoreError(f"refusing an unexpected table or column name in {names}")
-        await self.execute(
-            f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) "  # noqa: S608 - names checked above
-            f"VALUES ({', '.join('?' for _ in row)})",
-            tuple(row.values()),
+        if any(list(row) != names[1:] for row in rows):
+            raise StoreError(f"refusing uneven column names in rows for {table}")
+        await self.executemany(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(rows[0])}) "  # noqa: S608 - names checked above
+            f"VALUES ({', '.join('?' for _ in rows[0])})",
+            [tuple(row.values()) for row in rows],
         )
 
     async def invites_in(self) -> list[aiosqlite.Row]:
