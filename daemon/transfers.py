@@ -416,39 +416,39 @@ class Transfers:
         await _send(conn, ChunkData(request_id=message.request_id, data=data))
 
     async def _read_served(self, album: Album, chunk_id: bytes) -> bytes | None:
-        """The chunk re-encrypted from this folder's copy, or None if it holds it no longer."""
-        for cached in (True, False):  # a cached location that failed is looked up afresh once
-            location = await self._locate(album, chunk_id, cached=cached)
-            row = album.local.get(location[0]) if location else None
-            if location is None or row is None or row.file_key is None:
-                data = None
-            else:
-                folder = album.folder
-                assert folder is not None
-                try:
-                    data = await asyncio.to_thread(
-                        read_chunk_blocking, folder, *location, row.file_key, chunk_id
-                    )
-                except (FolderError, OSError, VerificationError):
-                    data = None
+        """The chunk re-encrypted from this folder's copy, or None if it holds it no longer.
+
+        A peer fetching a file asks for its chunks one after another, so a lookup loads the whole
+        file's chunk list into `_located` and the rest are dict hits (one database round trip per
+        file instead of per chunk). A stale cached location cannot serve wrong bytes (reading
+        re-checks the chunk's ID) and is looked up afresh once when it fails.
+        """
+        cached = self._located.get((album.album_id, chunk_id))
+        if cached is not None:
+            data = await self._read_at(album, cached, chunk_id)
             if data is not None:
                 return data
             self._located.pop((album.album_id, chunk_id), None)
-        return None
+        location = await self._look_up(album, chunk_id)
+        return await self._read_at(album, location, chunk_id) if location is not None else None
 
-    async def _locate(
-        self, album: Album, chunk_id: bytes, *, cached: bool = True
-    ) -> tuple[str, int] | None:
-        """Where this folder holds a chunk: (path, index).
+    async def _read_at(
+        self, album: Album, location: tuple[str, int], chunk_id: bytes
+    ) -> bytes | None:
+        row = album.local.get(location[0])
+        folder = album.folder
+        if row is None or row.file_key is None or folder is None:
+            return None
+        try:
+            return await asyncio.to_thread(
+                read_chunk_blocking, folder, *location, row.file_key, chunk_id
+            )
+        except (FolderError, OSError, VerificationError):
+            return None
 
-        A peer fetching a file asks for its chunks one after another, so the first lookup loads
-        the whole file's chunk list and the rest are dict hits (one database round trip per file
-        instead of per chunk). A stale entry cannot serve wrong bytes (serving re-checks the
-        chunk's ID against what it read) and is looked up afresh when it fails (_read_served).
-        """
-        found = self._located.get((album.album_id, chunk_id)) if cached else None
-        if found is not None:
-            return found
+    async def _look_up(self, album: Album, chunk_id: bytes) -> tuple[str, int] | None:
+        """Where the index says this folder holds a chunk: (path, index), with the rest of its
+        file's chunks remembered in `_located` (cleared when it outgrows MAX_LOCATED)."""
         held = await self.engine.store.chunk_file(album.album_id, chunk_id)
         if held is None:
             return None
