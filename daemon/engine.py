@@ -42,7 +42,7 @@ from protocol.invite import (
     redeem_proof,
     verify_redeem_proof,
 )
-from protocol.manifest import entry_hash
+from protocol.manifest import SignedEntry, entry_hash
 from protocol.manifest_state import Arrival, ManifestState
 from protocol.membership import Status
 from protocol.membership_builders import (
@@ -457,23 +457,24 @@ class Engine:
         album = self._album_for_peer(message.album, conn)
         fresh = await self.add_manifest_entries(album, message.entries)
         if fresh:
-            await self._forward(album, ManifestEntries, fresh, exclude=conn)
+            await self._forward(album, ManifestEntries, [s.envelope for s in fresh], exclude=conn)
             self.refresher.soon(album)
         # A long history arrives one page per request: ask for the next page of each author this
         # message advanced (an up-to-date peer answers nothing). Sending our own heads instead
         # left a new member at the first 1,000 entries of an author until the next reconnect.
-        authors = {s.entry.author for e in fresh if (s := album.manifest.entry(entry_hash(e)))}
-        for author in authors:
+        for author in {s.entry.author for s in fresh}:
             after = album.manifest.head(author)[0]
             request = ManifestRequest(
                 album=album.album_id, author=author, after_seq=after, limit=MAX_BATCH_ITEMS
             )
             await conn.send(request)
 
-    async def add_manifest_entries(self, album: Album, envelopes: Iterable[bytes]) -> list[bytes]:
-        """Verify and store manifest envelopes; returns the ones that were new."""
+    async def add_manifest_entries(
+        self, album: Album, envelopes: Iterable[bytes]
+    ) -> list[SignedEntry]:
+        """Verify and store manifest envelopes; returns the entries that were new."""
         rights = album.membership.rights()
-        fresh: list[bytes] = []
+        fresh: list[SignedEntry] = []
         rows: list[tuple[bytes, int, bytes, bytes]] = []
         for envelope in envelopes:
             try:
@@ -487,7 +488,7 @@ class Engine:
             signed = album.manifest.entry(entry_hash(envelope))  # verified once, by add()
             assert signed is not None
             rows.append((signed.entry.author, signed.entry.seq, signed.hash, envelope))
-            fresh.append(envelope)
+            fresh.append(signed)
         if rows:
             await self.store.add_manifest_entries(album.album_id, rows)
         return fresh
@@ -1229,11 +1230,16 @@ def _check_writable(target: Path) -> Path:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         where = "it" if existing == target else f"{existing}, where it would be created"
-        raise ConfigError(
-            f"albumsync cannot write to {target}: give the user it runs as write access to "
-            f"{where}, or choose another folder"
-        )
+        raise _cannot_write(target, where)
     return target
+
+
+def _cannot_write(target: Path, where: str, why: str = "") -> ConfigError:
+    because = f" ({why})" if why else ""
+    return ConfigError(
+        f"albumsync cannot write to {target}{because}: give the user it runs as write access to "
+        f"{where}, or choose another folder"
+    )
 
 
 def _prepare_folder(target: Path, album_id: bytes) -> AlbumFolder:
@@ -1244,10 +1250,7 @@ def _prepare_folder(target: Path, album_id: bytes) -> AlbumFolder:
         target.mkdir(parents=True, exist_ok=True)
         folder.create_marker()
     except PermissionError as exc:
-        raise ConfigError(
-            f"albumsync cannot write to {target} ({exc.strerror}): give the user it runs as "
-            "write access to it, or choose another folder"
-        ) from None
+        raise _cannot_write(target, "it", exc.strerror or "") from None
     except FileExistsError:
         raise ConfigError(f"{target} is a file, not a folder; choose a folder") from None
     return folder
