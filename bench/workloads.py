@@ -23,6 +23,7 @@ import random
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,27 +121,37 @@ def albumsync_initial_sync(run: Run, data: Dataset, label: str) -> dict[str, Any
         member.accept(owner.invite_code(album), b_folder)
         wait_until(lambda: member.joined(album), 120, 0.1, "the albumsync member joining")
         time.sleep(JOIN_SETTLE)
+
+        def begin() -> None:
+            for name in data.names:
+                os.rename(stage / name, a_folder / name)
+
         pids = {"sender": owner.pid, "receiver": member.pid}
-        meter, sampler = CpuMeter(pids), RssSampler(pids)
-        sampler.start()
-        meter.start()
-        started = time.monotonic()
-        for name in data.names:
-            os.rename(stage / name, a_folder / name)
-        ended = wait_until(
-            lambda: data.complete_in(b_folder) == data.count, SYNC_LIMIT, 0.05, "albumsync sync"
-        )
-        cpu = meter.stop()
-        window_rss = sampler.finish()
-        data.verify_copy(b_folder)
-        figures = _sync_figures(data, ended - started, cpu)
-        figures["peak_rss_MiB"] = {name: peak_rss_mib(pid) for name, pid in pids.items()}
-        figures["window_peak_rss_MiB"] = window_rss
-        return figures
+        return _measure_sync(data, b_folder, pids, begin, "albumsync sync")
     finally:
         owner.stop()
         member.stop()
         run.done(base)
+
+
+def _measure_sync(
+    data: Dataset, b_folder: Path, pids: dict[str, int], begin: Callable[[], None], what: str
+) -> dict[str, Any]:
+    """Time, CPU and memory of both sides from `begin()` until every file is complete at the
+    receiver, then check the copy: the same window for both tools."""
+    meter, sampler = CpuMeter(pids), RssSampler(pids)
+    sampler.start()
+    meter.start()
+    started = time.monotonic()
+    begin()
+    ended = wait_until(lambda: data.complete_in(b_folder) == data.count, SYNC_LIMIT, 0.05, what)
+    cpu = meter.stop()
+    window_rss = sampler.finish()
+    data.verify_copy(b_folder)
+    figures = _sync_figures(data, ended - started, cpu)
+    figures["peak_rss_MiB"] = {name: peak_rss_mib(pid) for name, pid in pids.items()}
+    figures["window_peak_rss_MiB"] = window_rss
+    return figures
 
 
 def syncthing_initial_sync(run: Run, data: Dataset, label: str) -> dict[str, Any]:
@@ -151,21 +162,7 @@ def syncthing_initial_sync(run: Run, data: Dataset, label: str) -> dict[str, Any
     try:
         syncthing_peer.start_connected(a, b)
         pids = {"sender": a.pid, "receiver": b.pid}
-        meter, sampler = CpuMeter(pids), RssSampler(pids)
-        sampler.start()
-        meter.start()
-        started = time.monotonic()
-        a.unpause()
-        ended = wait_until(
-            lambda: data.complete_in(b_folder) == data.count, SYNC_LIMIT, 0.05, "syncthing sync"
-        )
-        cpu = meter.stop()
-        window_rss = sampler.finish()
-        data.verify_copy(b_folder)
-        figures = _sync_figures(data, ended - started, cpu)
-        figures["peak_rss_MiB"] = {name: peak_rss_mib(pid) for name, pid in pids.items()}
-        figures["window_peak_rss_MiB"] = window_rss
-        return figures
+        return _measure_sync(data, b_folder, pids, a.unpause, "syncthing sync")
     finally:
         a.stop()
         b.stop()
