@@ -22,6 +22,7 @@ from daemon.identity import Identity
 from daemon.peers import PeerManager
 from protocol.ids import DeviceId
 from protocol.messages import Message
+from tests.daemon.test_engine_sync import until as shared_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,12 +141,7 @@ async def pair(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Node, Nod
 
 
 async def until(check: Callable[[], bool], limit: float = 10.0, what: str = "") -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
+    return await shared_until(check, limit, what)
 
 
 def via(n: Node, other: Node) -> str:

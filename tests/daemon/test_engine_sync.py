@@ -48,13 +48,16 @@ async def running(*cores: Core) -> AsyncIterator[None]:
                 await core.close()
 
 
-async def until(check: Callable[[], bool], limit: float = 20.0, what: str = "condition") -> float:
+async def until(
+    check: Callable[[], bool], limit: float = 20.0, what: str = "condition", step: float = 0.02
+) -> float:
+    """Seconds until `check()` holds, polled every `step`; AssertionError after `limit`."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not check():
         if loop.time() - start > limit:
             raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(step)
     return loop.time() - start
 
 

@@ -36,6 +36,7 @@ from protocol.invite import encode_invite, parse_invite
 from protocol.messages import ChunkData, Message, Ping, Pong
 from protocol.rights import Role
 from tests.daemon.test_engine_sync import make_core, running, tree
+from tests.daemon.test_engine_sync import until as shared_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -159,12 +160,7 @@ async def fake_peer(behave: Behaviour, **kw: int) -> AsyncIterator[tuple[FakePee
 
 
 async def until(check: Callable[[], bool], limit: float = 10.0, what: str = "") -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
+    return await shared_until(check, limit, what, step=0.01)  # the timers here are short
 
 
 async def mute(peer: FakePeer, conn: Connection, writer: asyncio.StreamWriter) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from daemon import refresher as refresher_module
 from daemon.refresher import Refresher
+from tests.daemon.test_engine_sync import until
 
 
 def _album(name: bytes) -> Any:
@@ -31,11 +32,7 @@ class Recorder:
 
 
 async def _until(condition: Any, limit: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
+    await until(condition, limit, step=0.005)
 
 
 async def test_a_burst_during_a_refresh_gives_one_more_refresh() -> None:
