@@ -116,6 +116,7 @@ class Engine:
     errors: dict[str, int] = field(default_factory=dict)
     _received: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     _flushing: dict[tuple[bytes, bytes], asyncio.TimerHandle] = field(default_factory=dict)
+    _flush_tasks: set[asyncio.Future[None]] = field(default_factory=set)
     _open_invite_targets: set[str | None] = field(default_factory=set)
     nearby: set[DeviceId] = field(default_factory=set)
     relay_uris: Callable[[], tuple[str, ...]] = field(default=lambda: ())  # set by Core
@@ -1056,15 +1057,24 @@ class Engine:
         key = (album.album_id, file.author)
         self._received[key] = self._received.get(key, 0) + 1
         if key not in self._flushing:
-            self._flushing[key] = asyncio.get_running_loop().call_later(
-                2.0, lambda: asyncio.ensure_future(self._flush_received(key))
-            )
+            self._flushing[key] = asyncio.get_running_loop().call_later(2.0, self._start_flush, key)
+
+    def _start_flush(self, key: tuple[bytes, bytes]) -> None:
+        task = asyncio.ensure_future(self._flush_received(key))
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
 
     async def flush_notices(self) -> None:
-        """Write the notices still being batched (at stop, while the store is open)."""
+        """Write the notices still being batched (at stop, while the store is open).
+
+        A timer that already fired has a write in flight: wait for it too, or it would meet a
+        closed store.
+        """
         for key, handle in list(self._flushing.items()):
             handle.cancel()
             await self._flush_received(key)
+        if self._flush_tasks:
+            await asyncio.gather(*self._flush_tasks, return_exceptions=True)
 
     async def _flush_received(self, key: tuple[bytes, bytes]) -> None:
         self._flushing.pop(key, None)
