@@ -139,57 +139,67 @@ def _encode_map(out: bytearray, value: Mapping[object, object], depth: int) -> N
 
 
 class _Decoder:
+    """One pass over `data`. The hot paths (tags, one-byte lengths, map keys) are inlined with
+    locals: this decoder runs for every entry of every log and manifest a peer sends, and Python
+    call overhead, not the work, was most of its cost."""
+
+    __slots__ = ("data", "end", "limits", "pos")
+
     def __init__(self, data: bytes, limits: Limits) -> None:
         self.data = data
         self.pos = 0
+        self.end = len(data)
         self.limits = limits
 
     def value(self, depth: int) -> Value:
-        if depth > self.limits.max_depth:
-            raise DecodeError(f"value nests deeper than {self.limits.max_depth} levels")
-        tag = self._byte()
-        if tag in (_FALSE, _TRUE, _NULL):
-            return (False, True, None)[tag]
+        limits = self.limits
+        if depth > limits.max_depth:
+            raise DecodeError(f"value nests deeper than {limits.max_depth} levels")
+        data, pos = self.data, self.pos
+        if pos >= self.end:
+            raise DecodeError("value ends early")
+        tag = data[pos]
+        self.pos = pos + 1
+        if tag == _BYTES:
+            return self._raw(limits.max_bytes, "byte string")
+        if tag == _TEXT:
+            try:
+                return self._raw(limits.max_text, "text").decode("utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise DecodeError("text is not valid UTF-8") from None
         if tag == _UINT:
             return self._varint()
+        if tag == _MAP:
+            return self._map(depth)
+        if tag <= _NULL:
+            return (False, True, None)[tag]
         if tag == _NINT:
             return -1 - self._varint()
-        if tag == _BYTES:
-            return self._raw(self.limits.max_bytes, "byte string")
-        if tag == _TEXT:
-            return self._text()
         if tag == _LIST:
             count = self._count()
             return [self.value(depth + 1) for _ in range(count)]
-        if tag == _MAP:
-            return self._map(depth)
         raise DecodeError(f"unknown value tag 0x{tag:02x}")
 
-    def _byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise DecodeError("value ends early")
-        byte = self.data[self.pos]
-        self.pos += 1
-        return byte
-
     def _varint(self) -> int:
-        # Fast path: most integers and lengths in an entry fit one byte (< 0x80), which is
-        # always minimal and in range; anything else takes the general loop below.
-        pos = self.pos
-        if pos < len(self.data):
-            first = self.data[pos]
-            if first < 0x80:
-                self.pos = pos + 1
-                return first
+        # Fast path: most integers and lengths fit one byte (< 0x80), which is always minimal
+        # and in range; anything else takes the general loop below.
+        data, pos = self.data, self.pos
+        if pos < self.end and data[pos] < 0x80:
+            self.pos = pos + 1
+            return data[pos]
         result = 0
         for i in range(_MAX_VARINT_LEN):
-            byte = self._byte()
+            if pos >= self.end:
+                raise DecodeError("value ends early")
+            byte = data[pos]
+            pos += 1
             result |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
                 if byte == 0 and i > 0:
                     raise DecodeError("integer is not minimally encoded")
                 if result > _MAX_INT:
                     raise DecodeError("integer exceeds 64 bits")
+                self.pos = pos
                 return result
         raise DecodeError("integer is longer than 10 bytes")
 
@@ -198,45 +208,69 @@ class _Decoder:
         if count > self.limits.max_items:
             raise DecodeError(f"{count} items exceed the limit of {self.limits.max_items}")
         # Each item takes at least one byte: a count larger than what is left is a lie.
-        if count > len(self.data) - self.pos:
+        if count > self.end - self.pos:
             raise DecodeError("item count exceeds the bytes that follow")
         return count
 
     def _raw(self, bound: int, what: str) -> bytes:
-        length = self._varint()
+        data, pos = self.data, self.pos
+        if pos < self.end and data[pos] < 0x80:
+            length = data[pos]
+            pos += 1
+        else:
+            length = self._varint()
+            pos = self.pos
         if length > bound:
             raise DecodeError(f"{what} of {length} bytes exceeds the limit of {bound}")
-        end = self.pos + length
-        if end > len(self.data):
+        stop = pos + length
+        if stop > self.end:
             raise DecodeError(f"{what} ends early")
-        raw = self.data[self.pos : end]
-        self.pos = end
-        return raw
-
-    def _text(self) -> str:
-        raw = self._raw(self.limits.max_text, "text")
-        try:
-            return raw.decode("utf-8", errors="strict")
-        except UnicodeDecodeError:
-            raise DecodeError("text is not valid UTF-8") from None
+        self.pos = stop
+        return data[pos:stop]
 
     def _map(self, depth: int) -> dict[str, Value]:
         count = self._count()
+        data, end, limits = self.data, self.end, self.limits
+        max_bytes = limits.max_bytes
+        inline = depth < limits.max_depth  # else value() must refuse the nesting
         result: dict[str, Value] = {}
-        previous: bytes | None = None
-        for _ in range(count):
-            if self._byte() != _TEXT:
-                raise DecodeError("map keys must be text")
-            raw_key = self._raw(self.limits.max_text, "map key")
-            if previous is not None and raw_key <= previous:
+        previous = b""
+        for index in range(count):
+            raw_key = self._key()
+            if index and raw_key <= previous:
                 raise DecodeError("map keys are not in strictly increasing order")
             previous = raw_key
             try:
                 key = raw_key.decode("utf-8", errors="strict")
             except UnicodeDecodeError:
                 raise DecodeError("map key is not valid UTF-8") from None
+            # Most values of a signed record are small integers and short byte strings (keys,
+            # hashes, signatures): read those here rather than through value().
+            pos = self.pos
+            if inline and pos + 1 < end and data[pos + 1] < 0x80:
+                tag = data[pos]
+                if tag == _UINT:
+                    self.pos = pos + 2
+                    result[key] = data[pos + 1]
+                    continue
+                if tag == _BYTES and data[pos + 1] <= max_bytes:
+                    stop = pos + 2 + data[pos + 1]
+                    if stop > end:
+                        raise DecodeError("byte string ends early")
+                    self.pos = stop
+                    result[key] = data[pos + 2 : stop]
+                    continue
             result[key] = self.value(depth + 1)
         return result
+
+    def _key(self) -> bytes:
+        data, pos = self.data, self.pos
+        if pos >= self.end:
+            raise DecodeError("value ends early")
+        if data[pos] != _TEXT:
+            raise DecodeError("map keys must be text")
+        self.pos = pos + 1
+        return self._raw(self.limits.max_text, "map key")
 
 
 class Reader:

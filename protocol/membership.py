@@ -413,10 +413,24 @@ def _advance(state: MembershipState, signed: SignedEntry) -> MembershipState:
         raise VerificationError(Reason.ALBUM_DELETED, "the owner deleted this album")
     _check_epoch(state, entry)
     changes = _apply_body(state, entry, signed.hash)
-    # One copy per entry: this is the hot path of verifying a long log.
-    moved = replace(state, head_seq=entry.seq, head_hash=signed.hash, epoch=entry.epoch, **changes)
+    moved = _moved(state, changes, head_seq=entry.seq, head_hash=signed.hash, epoch=entry.epoch)
     if moved.unrecorded:
         moved = replace(moved, unrecorded=_still_unrecorded(moved))
+    return moved
+
+
+def _moved(state: MembershipState, changes: _Changes, **head: object) -> MembershipState:
+    """`replace(state, **changes, **head)` without running the 16-field __init__ again.
+
+    One copy per entry is the hot path of verifying a long log (TESTPLAN P2: 10,000 entries in
+    under 2 s, most of it Ed25519), and dataclasses.replace cost more than decoding the entry.
+    The state has no derived or cached attributes, so copying its fields is the whole copy.
+    """
+    moved = object.__new__(MembershipState)
+    fields = moved.__dict__
+    fields.update(state.__dict__)
+    fields.update(changes)
+    fields.update(head)
     return moved
 
 
