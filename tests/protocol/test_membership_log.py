@@ -12,13 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import Reason, VerificationError
+from protocol.keys import verify_signature
 from protocol.membership import Fork, Status, apply
 from protocol.membership_builders import build_accept, build_leave, build_rename
 from protocol.membership_entries import (
+    DOMAIN,
     Entry,
     Rename,
     RoleChange,
     SetCover,
+    SignedEntry,
     associated_data,
     decode_entry,
     sign_entry,
@@ -254,30 +257,50 @@ def test_C2_a_forked_log_keeps_statements_that_bind_to_the_prefix() -> None:
 # Speed
 
 
-def test_a_10000_entry_chain_verifies_in_under_2_seconds() -> None:
-    """TESTPLAN P2's budget, in CPU seconds of this process (best of up to 5 runs).
+# ANCHORS.md: Ed25519 verifications per second on the machine TESTPLAN P2's budget was set on.
+REFERENCE_VERIFY_RATE = 15_800
 
-    CPU time, not wall time: on a 2-core box shared with other test processes the wall clock
-    measures the neighbours; the work itself is what the budget is about. Even CPU time of one
-    run varied by a third on a shared virtual machine (1.3 to 1.75 s for the same code), hence
-    the best of several. About 0.7 s of it is Ed25519 (10,000 verifications at ~15,000/s).
+
+def test_a_10000_entry_chain_verifies_in_under_2_seconds() -> None:
+    """TESTPLAN P2's budget: 2 s on the machine where Ed25519 verifies 15,800 signatures a second.
+
+    This shared virtual machine's speed drifts: within one hour it verified 15,000 and then 10,200
+    signatures a second, and the same chain took 1.3 s and then 2.1 s. So each run is timed
+    together with 2,000 bare signature checks of its own entries (before and after it), and
+    scaled to the reference machine's speed. The budget then holds the code to what TESTPLAN
+    meant: no more than about 3.2 times the cost of the signatures alone. CPU time of this
+    process, not wall time, so the neighbours' work does not count; best of up to 5 runs.
     """
     envelopes = _long_chain(10_000)
-    timings: list[float] = []
-    while len(timings) < 5 and min(timings, default=9.9) >= 2.0:
+    signed = [decode_entry(envelope) for envelope in envelopes[1:2001]]
+    timings: list[tuple[float, float]] = []  # (CPU seconds, at the reference machine's speed)
+    while len(timings) < 5 and min((t[1] for t in timings), default=9.9) >= 2.0:
+        before = _signature_checks(signed)
         started = time.process_time()
         log = MembershipLog(envelopes[0])
         for envelope in envelopes[1:]:
             log.add(envelope)
-        timings.append(time.process_time() - started)
+        took = time.process_time() - started
+        rate = 2 * len(signed) / (before + _signature_checks(signed))
+        timings.append((took, took * rate / REFERENCE_VERIFY_RATE))
         assert log.state.head_seq == 9_999
         assert log.state.head_hash == hashlib.sha256(envelopes[-1]).digest()
     keys = log.state.epoch_keys(OWNER)
     assert log.state.album_name(keys) == "Album, take 9994"
     assert log.state.cover(keys) == (9995).to_bytes(8, "big")
-    figures = ", ".join(f"{t:.2f} s" for t in timings)
+    figures = ", ".join(
+        f"{t:.2f} s ({scaled:.2f} s at the reference speed)" for t, scaled in timings
+    )
     print(f"\n10,000-entry membership chain verified in {figures} of CPU")
-    assert min(timings) < 2.0
+    assert min(scaled for _, scaled in timings) < 2.0
+
+
+def _signature_checks(signed: list[SignedEntry]) -> float:
+    """CPU seconds to check the owner's signature on each entry, and nothing else."""
+    started = time.process_time()
+    for entry in signed:
+        verify_signature(OWNER.public, DOMAIN, entry.raw, entry.sig)
+    return time.process_time() - started
 
 
 def _long_chain(length: int) -> list[bytes]:
