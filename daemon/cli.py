@@ -907,12 +907,13 @@ def _to_go(progress: dict[str, Any]) -> str:
 
 
 def _size(count: int) -> str:
+    """Decimal units, as the web UI and desktop file managers show sizes."""
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def _duration(seconds: float) -> str:

@@ -20,6 +20,7 @@ from daemon.discovery import Discovery
 from daemon.engine import Engine
 from daemon.errors import DaemonError
 from daemon.identity import Identity, load_identity
+from daemon.peers import tcp_address
 from daemon.publisher import Publisher
 from daemon.relay_client import RelayClient
 from daemon.relays import Relays
@@ -123,8 +124,7 @@ class Core:
         """A LAN announcement: candidate addresses, dialed when _wants_nearby (the handshake proves who it is)."""
         device = DeviceId.parse(device_id)
         self.engine.nearby.add(device)
-        shown = [f"tcp://[{h}]:{p}" if ":" in h else f"tcp://{h}:{p}" for h, p in addresses]
-        self.engine.peers.seen_on_lan(device, shown)
+        self.engine.peers.seen_on_lan(device, [tcp_address(h, p) for h, p in addresses])
 
     def _wants_nearby(self, device: DeviceId) -> bool:
         """Dial a device seen on the LAN if it shares an album with us, owns a code we are

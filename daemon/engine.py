@@ -25,7 +25,7 @@ from daemon.crashpoints import crashpoint
 from daemon.errors import AlbumNotFoundError, ConfigError, DaemonError, NotPermittedError
 from daemon.files import AlbumFolder, FolderState
 from daemon.identity import Identity
-from daemon.peers import PeerManager
+from daemon.peers import PeerManager, tcp_address
 from daemon.refresher import Refresher
 from daemon.store import Store
 from protocol import membership_entries, statements
@@ -612,14 +612,13 @@ class Engine:
         port = self.peers.bound_port or self.config.listen_port
         host = self.config.listen_host
         if host not in ("0.0.0.0", "::", ""):  # noqa: S104
-            return [f"tcp://{_bracket(host)}:{port}"]
+            return [tcp_address(host, port)]
         from zeroconf import InterfaceChoice, IPVersion  # noqa: PLC0415
 
         from daemon.discovery import local_addresses  # noqa: PLC0415
 
         found = [
-            f"tcp://{_bracket(a)}:{port}"
-            for a in local_addresses(InterfaceChoice.All, IPVersion.V4Only)
+            tcp_address(a, port) for a in local_addresses(InterfaceChoice.All, IPVersion.V4Only)
         ]
         return [*found[:7], f"tcp://127.0.0.1:{port}"]
 
@@ -1264,10 +1263,6 @@ def _prepare_folder(target: Path, album_id: bytes) -> AlbumFolder:
     except FileExistsError:
         raise ConfigError(f"{target} is a file, not a folder; choose a folder") from None
     return folder
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _now() -> int:

@@ -198,7 +198,7 @@ class PeerManager:
         try:
             peername = writer.get_extra_info("peername") or ("?", 0)
             await self.accept_stream(
-                reader, writer, f"tcp://{_host(peername[0])}:{peername[1]}", "incoming"
+                reader, writer, tcp_address(peername[0], peername[1]), "incoming"
             )
         except asyncio.CancelledError:
             # Python 3.11's start_server callback calls task.exception() on this task, which
@@ -582,8 +582,9 @@ def _trim_lan(state: DialState) -> None:
         state.addresses.remove(stale)
 
 
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def tcp_address(host: str, port: int) -> str:
+    """The tcp://HOST:PORT form of an address, IPv6 hosts in brackets (parsed back by _split)."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def _split(address: str) -> tuple[str, int]:

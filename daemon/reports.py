@@ -32,6 +32,7 @@ from daemon.model import (
     StatusReport,
     TrashEntry,
 )
+from daemon.peers import tcp_address
 from protocol.album_view import AlbumView, LiveFile
 from protocol.errors import VerificationError
 from protocol.ids import AlbumId, DeviceId
@@ -632,8 +633,7 @@ def nearby(core: Core) -> list[NearbyInfo]:
                 device_id=text,
                 name=device_name(core, device),
                 addresses=tuple(
-                    f"tcp://{'[' + h + ']' if ':' in h else h}:{p}"
-                    for h, p in (announced.addresses if announced else ())
+                    tcp_address(h, p) for h, p in (announced.addresses if announced else ())
                 ),
                 last_seen=announced.last_seen if announced else None,
                 connected=device in core.engine.peers.connections,

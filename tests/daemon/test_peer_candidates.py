@@ -73,3 +73,10 @@ def test_N5_announcement_floods_stay_bounded() -> None:
     a.peers._adopt_nearby()
     assert len(a.peers._lan_seen) <= peers_module.MAX_LAN_SEEN
     assert set(a.peers.wanted) == {victim_id}
+
+
+def test_addresses_are_written_and_read_back_alike_for_ipv4_and_ipv6() -> None:
+    for host, port in [("10.0.0.2", 22000), ("fd31:231:1::1", 46445), ("::1", 1)]:
+        written = peers_module.tcp_address(host, port)
+        assert written.startswith("tcp://[") == (":" in host)
+        assert peers_module._split(written) == (host, port)
