@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon.errors import ApiError
+from daemon.instance import running_pid
 
 NOT_RUNNING = "the daemon is not running (start it with `albumsync run`)"
 TIMEOUT = 60.0
@@ -64,6 +65,12 @@ class ApiClient:
             info = json.loads(runtime.read_text())
             url = str(info["ui"]).rstrip("/")
         except FileNotFoundError:
+            pid = running_pid(self.home)
+            if pid is not None:
+                who = f" (pid {pid})" if pid else ""
+                raise ApiError(
+                    f"the daemon{who} is starting or stopping; try again in a moment"
+                ) from None
             raise ApiError(NOT_RUNNING) from None
         except (OSError, ValueError, KeyError, TypeError):
             raise ApiError(

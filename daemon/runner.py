@@ -13,6 +13,7 @@ from aiohttp import web
 from daemon.config import Config
 from daemon.core import Core
 from daemon.errors import ConfigError
+from daemon.instance import InstanceLock
 from daemon.systemd import notify, watchdog_interval, watchdog_loop
 
 log = logging.getLogger("albumsync")
@@ -31,6 +32,14 @@ def setup_logging() -> None:
 
 async def run_daemon(config: Config, app_factory: AppFactory) -> int:
     setup_logging()
+    lock = InstanceLock.acquire(config.home)
+    try:
+        return await _run(config, app_factory)
+    finally:
+        lock.release()
+
+
+async def _run(config: Config, app_factory: AppFactory) -> int:
     core = await Core.open(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

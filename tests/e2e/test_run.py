@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -107,6 +108,37 @@ def test_E4_damaged_database_is_refused_with_a_clear_message(make_daemon) -> Non
     assert result.returncode == 3, result.stderr
     assert "damaged" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_daemon_on_one_data_directory_is_refused(make_daemon) -> None:
+    """Two daemons on one data directory would migrate one database and race each other's renames
+    in the album folders (a systemd service plus a hand-started `albumsync run`)."""
+    daemon = make_daemon("laptop")
+    daemon.init()
+    daemon.start()
+    assert daemon.proc is not None
+    second = albumsync(
+        daemon.home,
+        "run",
+        "--ui",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        check=False,
+        timeout=30,
+    )
+    assert second.returncode == 2, second.stderr
+    assert f"already running on the data directory {daemon.home}" in second.stderr
+    assert f"(pid {daemon.proc.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert json.loads(daemon.cli("status", "--json").stdout)["device_name"] == "laptop"
+    assert daemon.stop() == 0
+    # SIGKILL leaves no stale lock: the kernel drops it with the process.
+    daemon.start()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    daemon.start()
+    assert daemon.stop() == 0
 
 
 @pytest.mark.root
