@@ -94,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dir", type=Path, default=None, help="where the demo keeps its devices and photos"
     )
-    p.add_argument("--ui-port", type=int, default=8861, help="first of three web UI ports")
+    p.add_argument(
+        "--ui-port",
+        type=int,
+        default=8861,
+        help="first of three web UI ports (0: any free ports, printed at start)",
+    )
     p.set_defaults(func=cmd_demo)
     add_api_commands(sub)
     return parser
@@ -112,6 +117,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo  # noqa: PLC0415
     from webui.app import create_app  # noqa: PLC0415
 
+    if args.ui_port != 0 and not 1 <= args.ui_port <= 65533:
+        raise ConfigError("--ui-port is 0 (any free ports) or a port from 1 to 65533")
     root = (args.dir or Path(tempfile.gettempdir()) / "albumsync-demo").expanduser().resolve()
     print(f"albumsync demo in {root} (run again to resume it; delete the folder to start over)")
     return await run_demo(root, create_app, ui_base_port=args.ui_port)

@@ -19,6 +19,7 @@ from aiohttp import web
 from daemon.config import Config
 from daemon.core import Core
 from daemon.identity import create_identity
+from daemon.instance import InstanceLock
 from daemon.runner import setup_logging, start_ui
 from daemon.store import Store
 from protocol.rights import Role
@@ -57,6 +58,7 @@ async def run_demo(root: Path, app_factory: AppFactory, ui_base_port: int = 8861
     cores: list[Core] = []
     runners: list[web.AppRunner] = []
     urls: list[str] = []
+    locks: list[InstanceLock] = []
     for i, (name, _) in enumerate(DEVICES):
         home = root / name.lower().replace(" ", "-").replace("'", "")
         store = await Store.open(home / "state.db")
@@ -64,8 +66,13 @@ async def run_demo(root: Path, app_factory: AppFactory, ui_base_port: int = 8861
             await create_identity(store, name)
         await store.close()
         config = Config(
-            home=home, ui_port=ui_base_port + i, listen_host="127.0.0.1", listen_port=0, mdns=False
+            home=home,
+            ui_port=ui_base_port + i if ui_base_port else 0,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            mdns=False,
         )
+        locks.append(InstanceLock.acquire(home))
         core = await Core.open(config)
         runner = web.AppRunner(app_factory(core), access_log=None, handle_signals=False)
         await runner.setup()
@@ -91,6 +98,8 @@ async def run_demo(root: Path, app_factory: AppFactory, ui_base_port: int = 8861
             core.remove_runtime_file()
             await runner.cleanup()
             await core.close()
+        for lock in locks:
+            lock.release()
     return 0
 
 
