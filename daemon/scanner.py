@@ -223,7 +223,8 @@ class _Walk:
         # Sets, and a walk up each path's parents: testing every known path against every
         # scoped path made a watcher batch cost |index| x |batch|.
         unknown = set(self.unknown)
-        candidates = known if scope is None else [k for k in known if _under(k, set(scope))]
+        scoped = set(scope or ())
+        candidates = known if scope is None else [k for k in known if _under(k, scoped)]
         vanished = sorted(k for k in candidates if k not in self.found and not _under(k, unknown))
         return ScanResult(changed, unchanged, vanished, self.problems)
 

@@ -35,7 +35,11 @@ log = logging.getLogger("albumsync.transfers")
 
 WINDOW_PER_PEER = 16  # chunk requests in flight per peer: 4 MiB at 256 KiB chunks
 REQUEST_TIMEOUT = 30.0
-MAX_FILES_AT_ONCE = 4
+# Files downloaded at once: many small ones keep the finish batches full, while a few large
+# ones already fill the peers' windows (16 at once made 1 GiB in 5 MiB files 45% slower).
+MAX_FILES_AT_ONCE = 16
+MAX_BYTES_AT_ONCE = 16 * 1024 * 1024  # no new file starts while the active ones hold this much
+MAX_FINISH_BATCH = 64  # files put in place under one hold of the scan lock, in one commit
 SERVE_FOLDER_CHECK_AGE = 1.0  # seconds a folder check stays good for serving chunks
 RATE_WINDOW = 5.0
 MAX_LOCATED = 16_384  # cached chunk locations for serving (about 3 MiB); cleared when full
@@ -61,6 +65,14 @@ class Pending:
     active: bool = False
 
 
+@dataclass(slots=True)
+class _Finishing:
+    """A fetched file waiting to be put in place; `done` resolves once its index row is stored."""
+
+    pending: Pending
+    done: asyncio.Future[None]
+
+
 @dataclass
 class Transfers:
     engine: Engine
@@ -74,8 +86,11 @@ class Transfers:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: set[asyncio.Task[None]] = field(default_factory=set)
     _finishing: set[asyncio.Future[None]] = field(default_factory=set)  # never cancelled
+    _to_finish: list[_Finishing] = field(default_factory=list)
+    _finisher: asyncio.Future[None] | None = None
     _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
     _stopped: bool = False
+    _active_bytes: int = 0
     _located: dict[tuple[bytes, bytes], tuple[str, int]] = field(default_factory=dict)
 
     # --- bringing a folder in line --------------------------------------------------------------
@@ -181,9 +196,14 @@ class Transfers:
             return
         self._workers = {t for t in self._workers if not t.done()}
         idle = [p for p in self.queue.values() if not p.active]
-        while idle and len(self._workers) < MAX_FILES_AT_ONCE:
+        while (
+            idle
+            and len(self._workers) < MAX_FILES_AT_ONCE
+            and (self._active_bytes < MAX_BYTES_AT_ONCE or not self._workers)
+        ):
             pending = idle.pop(0)
             pending.active = True
+            self._active_bytes += pending.download.file.size
             self._workers.add(asyncio.ensure_future(self._download(pending)))
 
     async def _download(self, pending: Pending) -> None:
@@ -208,6 +228,7 @@ class Transfers:
             log.exception("album %s: download of %s failed", album.printable_id, file.path)
         finally:
             pending.active = False
+            self._active_bytes -= file.size
             if finished:  # the next file at once; a failed one is retried after a pause
                 asyncio.get_running_loop().call_soon(self._kick)
             else:
@@ -331,23 +352,84 @@ class Transfers:
             future.set_result(message)
 
     async def _finish(self, pending: Pending) -> None:
-        album, download = pending.album, pending.download
-        file, folder = download.file, album.folder
-        assert folder is not None
-        replaces = download.replaces
-        expected = (replaces.size, replaces.mtime_ns) if replaces is not None else None
-        # A scan must not see the file at its final path before the index knows it: it would
-        # look like a local edit. Scans hold the same lock from walk to publish.
-        async with self.engine.publisher.lock:  # type: ignore[attr-defined]
-            await self._finish_locked(album, folder, file, expected)
+        """Put a fetched file in place and index it.
 
-    async def _finish_locked(
-        self, album: Album, folder: AlbumFolder, file: LiveFile, expected: tuple[int, int] | None
-    ) -> None:
+        A scan must not see the file at its final path before the index knows it (it would look
+        like a local edit), so finishing holds the scan lock from rename to commit. Held once per
+        file, that lock was the bottleneck of many small files (held 87% of a 2,000-file sync),
+        so the files that finish while it is taken go in together: one hold, one thread hop for
+        the renames, one commit.
+        """
+        assert pending.album.folder is not None
+        item = _Finishing(pending, asyncio.get_running_loop().create_future())
+        self._to_finish.append(item)
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.ensure_future(self._finish_queued())
+        await item.done
+
+    async def _finish_queued(self) -> None:
+        batch: list[_Finishing] = []
+        try:
+            while self._to_finish:
+                async with self.engine.publisher.lock:  # type: ignore[attr-defined]
+                    # Taken only now: whatever finished while we waited joins this batch.
+                    batch = self._to_finish[:MAX_FINISH_BATCH]
+                    del self._to_finish[:MAX_FINISH_BATCH]
+                    try:
+                        await self._finish_batch(batch)
+                    except Exception as exc:
+                        for item in batch:
+                            if not item.done.done():
+                                item.done.set_exception(exc)
+        except BaseException:  # cancelled with the loop: nobody may wait forever
+            for item in batch + self._to_finish:
+                item.done.cancel()
+            self._to_finish.clear()
+            raise
+
+    async def _finish_batch(self, batch: list[_Finishing]) -> None:
+        placed = await asyncio.to_thread(_put_in_place, [item.pending for item in batch])
+        indexed: list[tuple[_Finishing, LocalFile]] = []
+        for item, outcome in zip(batch, placed, strict=True):
+            album, file = item.pending.album, item.pending.download.file
+            try:
+                finished = await self._after_placing(album, file, outcome)
+            except Exception as exc:
+                item.done.set_exception(exc)
+                continue
+            row = indexed_row(file, file.path, finished.size, finished.mtime_ns, finished.inode)
+            indexed.append((item, row))
+        store = self.engine.store
+        async with store.transaction():  # one commit (one fsync) for the whole batch
+            for item, row in indexed:
+                album, file = item.pending.album, item.pending.download.file
+                await self._record(album, row, [c.chunk_id for c in file.chunks])
+                await store.delete_partial(album.album_id, file.entry_hash)
+        for item, _ in indexed:
+            album, file = item.pending.album, item.pending.download.file
+            clear_problem(album, file.path)
+            await self.engine.note_received(album, file)
+            item.done.set_result(None)
+
+    async def _after_placing(
+        self, album: Album, file: LiveFile, outcome: FinishedFile | Exception
+    ) -> FinishedFile:
+        """The file in place (something in the way is set aside first); stale copies trashed."""
+        folder = album.folder
+        assert folder is not None
+        if isinstance(outcome, LocalChangeError):
+            outcome = await self._finish_in_the_way(album, folder, file)
+        elif isinstance(outcome, Exception):
+            raise outcome
+        for stale in [r for r in album.local.holding(file.key) if r.path != file.path]:
+            await self._trash(album, folder, stale)
+        return outcome
+
+    async def _finish_in_the_way(
+        self, album: Album, folder: AlbumFolder, file: LiveFile
+    ) -> FinishedFile:
         partial = await asyncio.to_thread(folder.open_partial, file.entry_hash.hex())
         try:
-            finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, expected)
-        except LocalChangeError:
             same = await asyncio.to_thread(
                 holds_content_blocking, folder, file.path, file.size, file.payload.content_hash
             )
@@ -355,28 +437,18 @@ class Transfers:
                 # These very bytes: our own finish, killed after its rename and before the index
                 # knew (E1). Keep that file; a conflict copy of identical bytes helps nobody.
                 await asyncio.to_thread(partial.discard)
-                finished = FinishedFile(
+                return FinishedFile(
                     rel=file.path,
                     size=same.st_size,
                     mtime_ns=same.st_mtime_ns,
                     inode=same.st_ino,
                     replaced=None,
                 )
-            else:
-                # Something else sits at the path: keep it under a conflict name, then retry.
-                await self._set_aside(album, folder, file.path)
-                finished = await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
+            # Something else sits at the path: keep it under a conflict name, then retry.
+            await self._set_aside(album, folder, file.path)
+            return await asyncio.to_thread(partial.finish, file.path, file.mtime_ns, None)
         finally:
             partial.close()
-        for stale in [r for r in album.local.holding(file.key) if r.path != file.path]:
-            await self._trash(album, folder, stale)
-        row = indexed_row(file, file.path, finished.size, finished.mtime_ns, finished.inode)
-        store = self.engine.store
-        async with store.transaction():  # one commit (one fsync) per received file
-            await self._record(album, row, [c.chunk_id for c in file.chunks])
-            await store.delete_partial(album.album_id, file.entry_hash)
-        clear_problem(album, file.path)
-        await self.engine.note_received(album, file)
 
     async def _set_aside(self, album: Album, folder: AlbumFolder, path: str) -> None:
         """Keep what this device has at `path` under a conflict name before the incoming file
@@ -501,3 +573,20 @@ def _verify_and_write(
 async def _send(conn: Connection, message: ChunkData | ChunkMissing) -> None:
     with contextlib.suppress(ConnectionClosedError):
         await conn.send(message)
+
+
+def _put_in_place(pendings: list[Pending]) -> list[FinishedFile | Exception]:
+    """Rename each fetched file into place (fsync, rename, fsync dir) in one thread hop. Each
+    file's error is returned, not raised: one file in the way does not hold up the others."""
+    placed: list[FinishedFile | Exception] = []
+    for pending in pendings:
+        file, replaces = pending.download.file, pending.download.replaces
+        expected = (replaces.size, replaces.mtime_ns) if replaces is not None else None
+        folder = pending.album.folder
+        assert folder is not None
+        try:
+            with folder.open_partial(file.entry_hash.hex()) as partial:
+                placed.append(partial.finish(file.path, file.mtime_ns, expected))
+        except (FolderError, OSError) as exc:  # LocalChangeError is a FolderError
+            placed.append(exc)
+    return placed

@@ -69,6 +69,29 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+async def two_devices(tmp_path: Path, photos: int) -> tuple[Core, Core, Path, Path]:
+    owner = await make_core(tmp_path / "owner", "Owner laptop")
+    member = await make_core(tmp_path / "member", "Member")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(photos):
+        (folder / f"IMG_{i}.jpg").write_bytes(os.urandom(20_000 + i))
+    return owner, member, folder, tmp_path / "copy"
+
+
+async def share_by_code(
+    owner: Core, member: Core, folder: Path, target: Path, count: int, *, name: str = "Notices"
+) -> None:
+    """The owner makes an album of `folder` (`count` photos); the member joins it by code."""
+    album = await owner.engine.create_album(folder, name)
+    await until(lambda: album.view is not None and len(album.view.files) == count)
+    _, code = await owner.engine.create_invite(
+        album.album_id, role=Role.VIEWER, message="", to_device=None
+    )
+    assert code is not None
+    await member.engine.redeem_code(code, target)
+
+
 async def test_invite_by_code_then_sync_both_ways_and_remove(tmp_path: Path) -> None:
     owner = await make_core(tmp_path / "owner", "Ana's laptop")
     member = await make_core(tmp_path / "member", "Bob's desktop")
