@@ -28,10 +28,10 @@ async def test_finishes_queued_behind_the_scan_lock_go_in_one_batch(tmp_path: Pa
 
     transfers._finish_batch = counted  # type: ignore[method-assign]
     async with running(owner, member):
-        lock = member.engine.publisher.lock
-        await share_by_code(owner, member, photos, target, PHOTOS, name="Batches")
-        await until(target.exists, what="the member's folder")
-        async with lock:  # as a long scan would: every fetched file waits to be put in place
+        # Taken before the member joins, as a long scan would hold it: no fetched file can be
+        # put in place, however fast the fetches are.
+        async with member.engine.publisher.lock:
+            await share_by_code(owner, member, photos, target, PHOTOS, name="Batches")
             await until(lambda: len(transfers._to_finish) == PHOTOS, what="all files fetched")
             assert not any((target / f"IMG_{i}.jpg").exists() for i in range(PHOTOS))
             in_the_way = os.urandom(1_000)
