@@ -43,12 +43,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonError as exc:
         print(f"albumsync: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except BaseExceptionGroup as group:
+        # A service failing to start inside the daemon's TaskGroup arrives wrapped.
+        errors, rest = group.split(DaemonError)
+        if errors is None or rest is not None:
+            raise
+        first = _leaves(errors)[0]
+        print(f"albumsync: {first.message}", file=sys.stderr)
+        return first.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # `albumsync status --json | head`: the reader left; say nothing more, on no stream.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _leaves(group: BaseExceptionGroup[DaemonError]) -> list[DaemonError]:
+    found: list[DaemonError] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from daemon.connection import Connection, ConnectionClosedError, PeerInfo, open_channel
-from daemon.errors import DaemonError
+from daemon.errors import ConfigError, DaemonError
 from daemon.identity import Identity
 from daemon.relay_client import RelayClient, RelayError
 from protocol.ids import DeviceId
@@ -117,7 +117,16 @@ class PeerManager:
 
     async def start(self) -> None:
         self._stopping = False  # a manager may be started again after stop()
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.listen_host, self.listen_port
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for peers on {self.listen_host}:{self.listen_port} "
+                f"({exc.strerror or exc}); if another program or another albumsync data "
+                "directory uses that port, pick another with --listen HOST:PORT"
+            ) from None
         self.bound_port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._dial_loop())
 

@@ -110,6 +110,27 @@ def test_E4_damaged_database_is_refused_with_a_clear_message(make_daemon) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_a_peer_port_in_use_is_one_sentence_not_a_traceback(make_daemon) -> None:
+    """Two data directories on one machine (a system service and a desktop's daemon) both
+    default to peer port 22055: the second must say what to change."""
+    daemon = make_daemon("laptop")
+    daemon.init()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = albumsync(
+            daemon.home,
+            *("run", "--ui", "127.0.0.1:0", "--listen", f"127.0.0.1:{port}", "--no-mdns"),
+            check=False,
+            timeout=30,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen for peers on 127.0.0.1:{port}" in result.stderr
+    assert "--listen HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_second_daemon_on_one_data_directory_is_refused(make_daemon) -> None:
     """Two daemons on one data directory would migrate one database and race each other's renames
     in the album folders (a systemd service plus a hand-started `albumsync run`)."""
