@@ -85,9 +85,8 @@ class Transfers:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: set[asyncio.Task[None]] = field(default_factory=set)
-    _finishing: set[asyncio.Future[None]] = field(default_factory=set)  # never cancelled
     _to_finish: list[_Finishing] = field(default_factory=list)
-    _finisher: asyncio.Future[None] | None = None
+    _finisher: asyncio.Future[None] | None = None  # never cancelled by us: stop waits for it
     _slots_free: asyncio.Condition = field(default_factory=asyncio.Condition)
     _stopped: bool = False
     _active_bytes: int = 0
@@ -177,7 +176,8 @@ class Transfers:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        await asyncio.gather(*list(self._finishing), return_exceptions=True)
+        if self._finisher is not None:  # it drains the queue: no worker is left to add to it
+            await asyncio.gather(self._finisher, return_exceptions=True)
 
     def peer_connected(self) -> None:
         self._kick()
@@ -211,13 +211,7 @@ class Transfers:
         finished = False
         try:
             if await self._fetch_file(pending):
-                # Once the file may be renamed into place its index row must follow, or after a
-                # restart the file looks like this device's own new photo and is published as a
-                # conflict copy: a stop waits for a finish in progress instead of cutting it.
-                finishing = asyncio.ensure_future(self._finish(pending))
-                self._finishing.add(finishing)
-                finishing.add_done_callback(self._finishing.discard)
-                await asyncio.shield(finishing)
+                await self._finish(pending)
                 self.queue.pop(file.entry_hash, None)
                 finished = True
         except (FolderError, OSError) as exc:
@@ -359,13 +353,18 @@ class Transfers:
         file, that lock was the bottleneck of many small files (held 87% of a 2,000-file sync),
         so the files that finish while it is taken go in together: one hold, one thread hop for
         the renames, one commit.
+
+        Once the file may be renamed into place its index row must follow, or after a restart
+        the file looks like this device's own new photo and is published as a conflict copy.
+        So the finish runs in the finisher task, which a cancelled download does not cancel
+        (shield) and a stop waits for.
         """
         assert pending.album.folder is not None
         item = _Finishing(pending, asyncio.get_running_loop().create_future())
         self._to_finish.append(item)
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.ensure_future(self._finish_queued())
-        await item.done
+        await asyncio.shield(item.done)
 
     async def _finish_queued(self) -> None:
         batch: list[_Finishing] = []
